@@ -1,0 +1,374 @@
+"""One evaluation of a flow instance: module loading, host callables, journal replay and bounds.
+
+A FlowExecution runs synchronously in its own thread. Each action the script takes reaches
+``on_action`` through the prelude's ``_host_action``: replayed from the journal when the journal
+already holds it (checked for non-determinism), otherwise appended through a ``JournalPort``
+*before* anything is performed, then answered. A wait that lasts longer than ``suspend_after``
+suspends the flow: evaluation is abandoned and the flow resumes later by replay.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import starlark as sl
+
+from grid_local.errors import (
+    ArgumentError,
+    FlowmetalError,
+    LimitError,
+    LoadError,
+    NonDeterminismError,
+    ScriptError,
+    SourceLocation,
+    location_from_starlark,
+)
+from grid_local.runtime import dialect, journal, sources
+from grid_local.runtime.journal import JournalEntry
+
+_current = threading.local()
+
+
+@dataclass
+class Limits:
+    """Bounds on one flow's evaluation (``[limits]`` in flowmetal.toml overrides them)."""
+
+    eval_budget: float = 10.0
+    """CPU seconds a flow may evaluate between two actions before it is stopped."""
+    max_callstack: int = 100
+    """Deepest Starlark call stack allowed."""
+    suspend_after: float = 10.0
+    """Seconds to wait in memory for an action's result before suspending the flow."""
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> "Limits":
+        section = settings.get("limits", {}) if isinstance(settings, dict) else {}
+        limits = cls()
+        for name in ("eval_budget", "max_callstack", "suspend_after"):
+            if name in section:
+                setattr(limits, name, type(getattr(limits, name))(section[name]))
+        return limits
+
+
+@dataclass
+class FlowTask:
+    """What a worker needs to evaluate a flow instance."""
+
+    flow_id: str
+    entry: dict[str, Any]
+    """``{"module": path, "function": name or None}``; no function means a root flow."""
+    args: dict[str, Any]
+    quota: dict[str, str]
+    journal: list[JournalEntry]
+    resources: dict[str, Any] = field(default_factory=dict)
+    lease: str = ""
+    name: str = ""
+
+
+class JournalPort(Protocol):
+    """The seam between an evaluation and the Flow DB (the Worker API, or memory in tests)."""
+
+    def append(self, task: FlowTask, entry: JournalEntry) -> dict[str, Any] | None:
+        """Commit the request (and its result when it has one); return a result answered at once."""
+
+    def wait_result(self, task: FlowTask, seq: int, timeout: float) -> dict[str, Any] | None:
+        """Block until entry ``seq`` has a result, or ``timeout`` passes (then None)."""
+
+
+@dataclass
+class Completed:
+    value: Any
+
+
+@dataclass
+class Failed:
+    message: str
+    traceback: str = ""
+    kind: str = "error"
+
+
+@dataclass
+class Suspended:
+    seq: int
+
+
+Outcome = Completed | Failed | Suspended
+
+
+class _Suspend(Exception):
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+
+class _FlowFailure(Exception):
+    """Raised by unwrap() of an Err: ends the flow with that error (and the child's traceback)."""
+
+
+class FlowCancelled(FlowmetalError):
+    pass
+
+
+def _starlark_message(text: str) -> str:
+    message = text
+    for line in text.splitlines():
+        if line.startswith("error: "):
+            message = line[len("error: "):]
+    return message.removeprefix("fail: ")
+
+
+class FlowExecution:
+    """Evaluates one flow instance to completion, failure or suspension."""
+
+    def __init__(self, task: FlowTask, tree: sources.SourceTree, port: JournalPort, limits: Limits) -> None:
+        self.task = task
+        self.tree = tree
+        self.port = port
+        self.limits = limits
+        self.journal = list(task.journal)
+        self.replayed = 0
+        self._seq = 0
+        self._abort: BaseException | None = None
+        self._cancel_reason: str | None = None
+        self._cpu_since = 0.0
+        self._child_tracebacks: dict[str, str] = {}
+        self._frozen: dict[str, sl.FrozenModule] = {}
+        self._loading: list[str] = []
+        self._options = sl.EvalOptions(check_cancelled=self._check_cancelled, max_callstack_size=limits.max_callstack)
+
+    # -- control from other threads ---------------------------------------------------------
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self._cancel_reason = reason
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        outer = getattr(_current, "execution", None)  # inline child evaluations nest (memory grid)
+        _current.execution = self
+        self._cpu_since = time.thread_time()
+        try:
+            return self._run()
+        finally:
+            _current.execution = outer
+
+    def _run(self) -> Outcome:
+        module_path = self.task.entry["module"]
+        function = self.task.entry.get("function")
+        try:
+            module = self._evaluate_main(module_path, "__flow__" if not function else module_path)
+            if not function:
+                return Completed(None)
+            call = dialect.parse(
+                "<flow entry>",
+                f'load("{dialect.PRELUDE_MODULE}", fm_context__ = "fctx")\nfm_result__ = {function}(fm_context__())\n',
+            )
+            sl.eval_with(self._options, module, call, dialect.GLOBALS, self._file_loader(module_path))
+            try:
+                value = module["fm_result__"]
+            except Exception as exc:  # a value starlark-pyo3 cannot convert
+                raise ArgumentError(f"the result of flow {self.task.name or function} is not JSON-representable: {exc}")
+            journal.check_json(value, f"the result of flow {self.task.name or function}")
+            return Completed(value)
+        except sl.StarlarkError as exc:
+            return self._outcome_of(exc)
+        except (ScriptError, ArgumentError) as exc:
+            return Failed(str(exc), getattr(exc, "detail", "") or str(exc), kind=type(exc).__name__)
+
+    def _outcome_of(self, exc: sl.StarlarkError) -> Outcome:
+        text = str(exc)
+        cause = self._abort
+        if isinstance(cause, _Suspend):
+            return Suspended(cause.seq)
+        if isinstance(cause, _FlowFailure):
+            message = str(cause)
+            child = self._child_tracebacks.get(message, "")
+            return Failed(message, text + (f"\nCaused by:\n{child}" if child else ""))
+        if isinstance(cause, ScriptError):
+            return Failed(str(cause), text, kind=type(cause).__name__)
+        if isinstance(cause, FlowmetalError):
+            return Failed(str(cause), text, kind=type(cause).__name__)
+        if cause is not None:
+            return Failed(f"internal error: {cause!r}", text, kind="InternalError")
+        message = _starlark_message(text)
+        location = location_from_starlark(text)
+        if "call stack overflow" in message:
+            return Failed(
+                f"call stack limit exceeded ({self.limits.max_callstack} frames; [limits] max_callstack)",
+                text, kind="LimitError",
+            )
+        return Failed(f"{location}: {message}" if location else message, text)
+
+    def _check_cancelled(self) -> bool:
+        if self._abort is not None:
+            return True
+        if self._cancel_reason is not None:
+            self._abort = FlowCancelled(self._cancel_reason)
+            return True
+        if time.thread_time() - self._cpu_since > self.limits.eval_budget:
+            self._abort = LimitError(
+                f"evaluation budget exceeded: more than {self.limits.eval_budget:g} s of evaluation "
+                "without an action ([limits] eval_budget)"
+            )
+            return True
+        return False
+
+    # -- modules ----------------------------------------------------------------------------
+
+    def _evaluate_main(self, path: str, name: str) -> sl.Module:
+        source = self.tree.read(path)
+        ast = dialect.parse(path, source)
+        module = sl.Module()
+        module["__name__"] = name
+        loader = self._file_loader(path)
+        self._loading.append(path)
+        sl.eval_with(self._options, module, dialect.PREDECLARE_AST, dialect.GLOBALS, loader)
+        sl.eval_with(self._options, module, ast, dialect.GLOBALS, loader)
+        self._loading.pop()
+        return module
+
+    def _file_loader(self, current: str) -> sl.FileLoader:
+        return sl.FileLoader(lambda target: self._load(current, target))
+
+    def _load(self, current: str, target: str) -> sl.FrozenModule:
+        try:
+            if sources.is_builtin(target):
+                return builtin_module(target)
+            resolved = sources.resolve_load(current, target)
+            if resolved in self._frozen:
+                return self._frozen[resolved]
+            if resolved in self._loading:
+                cycle = " -> ".join([*self._loading[self._loading.index(resolved):], resolved])
+                raise LoadError(f"load cycle: {cycle}", SourceLocation(current, _load_line(self.tree, current, target)))
+            self._frozen[resolved] = frozen = self._evaluate_main(resolved, resolved).freeze()
+            return frozen
+        except LoadError as exc:
+            if exc.location is None:
+                exc = LoadError(exc.message, SourceLocation(current, _load_line(self.tree, current, target)))
+            self._abort = self._abort or exc
+            raise
+        except BaseException as exc:
+            self._abort = self._abort or exc
+            raise
+
+    # -- host callables ---------------------------------------------------------------------
+
+    def on_action(self, kind: str, payload: str, stack: str) -> dict[str, Any]:
+        try:
+            args = json.loads(payload)
+            args_json = journal.canonical_json(args)
+            digest = journal.request_hash(kind, args_json)
+            callsite = journal.user_callsite(stack)
+            self._seq += 1
+            seq = self._seq
+            if seq <= len(self.journal):
+                entry = self.journal[seq - 1]
+                journal.check_replay(entry, kind, args_json, digest, callsite)
+                self.replayed += 1
+            else:
+                entry = JournalEntry(seq, kind, args, digest, callsite, requested_at=time.time())
+                if kind in journal.LOCAL_KINDS:
+                    entry.result = _perform_local(kind)
+                    entry.answered_at = entry.requested_at
+                answered = self.port.append(self.task, entry)
+                if answered is not None:
+                    entry.result = answered
+                self.journal.append(entry)
+            if entry.result is None:
+                result = self.port.wait_result(self.task, seq, self.limits.suspend_after)
+                if result is None:
+                    raise _Suspend(seq)
+                entry.result = result
+            return self._to_starlark(entry.result)
+        except BaseException as exc:
+            self._abort = self._abort or exc
+            raise
+        finally:
+            self._cpu_since = time.thread_time()
+
+    def _to_starlark(self, result: dict[str, Any]) -> dict[str, Any]:
+        if not result.get("ok") and result.get("traceback"):
+            self._child_tracebacks[result["error"]] = result["traceback"]
+        return {"ok": bool(result.get("ok")), "value": result.get("value"), "error": result.get("error")}
+
+    def context(self) -> dict[str, Any]:
+        return {
+            "flow_id": self.task.flow_id,
+            "args": self.task.args,
+            "quota": self.task.quota,
+            "resources": self.task.resources,
+        }
+
+    def fail_with(self, error: Any) -> None:
+        failure = _FlowFailure(error if isinstance(error, str) else json.dumps(error))
+        self._abort = self._abort or failure
+        raise failure
+
+
+def _load_line(tree: sources.SourceTree, current: str, target: str) -> int:
+    try:
+        return sources.load_line(tree.read(current), target)
+    except LoadError:
+        return 1
+
+
+def _perform_local(kind: str) -> dict[str, Any]:
+    if kind == "now":
+        return journal.ok(time.time())
+    if kind == "random":
+        return journal.ok(random.SystemRandom().random())
+    if kind == "uuid":
+        return journal.ok(str(uuid.uuid4()))
+    return journal.ok(None)  # print: the journal entry is the log line
+
+
+# -- process-wide host callables, dispatched to the execution running on this thread ----------
+
+def _execution() -> FlowExecution:
+    execution = getattr(_current, "execution", None)
+    if execution is None:
+        raise RuntimeError("no flow is running on this thread")
+    return execution
+
+
+def _host_action(kind: str, payload: str, stack: str) -> dict[str, Any]:
+    return _execution().on_action(kind, payload, stack)
+
+
+def _host_context() -> dict[str, Any]:
+    return _execution().context()
+
+
+def _host_fail(error: Any) -> None:
+    _execution().fail_with(error)
+
+
+_builtin_cache: dict[str, sl.FrozenModule] = {}
+_builtin_lock = threading.RLock()
+
+
+def builtin_module(target: str) -> sl.FrozenModule:
+    """Built-in libraries are frozen once per process (they take no action at top level)."""
+    file = sources.builtin_file(target)
+    with _builtin_lock:
+        if file in _builtin_cache:
+            return _builtin_cache[file]
+        module = sl.Module()
+        module.add_callable("_host_action", _host_action)
+        module.add_callable("_host_context", _host_context)
+        module.add_callable("_host_fail", _host_fail)
+        loader = sl.FileLoader(lambda t: builtin_module(t) if sources.is_builtin(t) else _refuse(t))
+        if file != "prelude.star":
+            sl.eval(module, dialect.PREDECLARE_AST, dialect.GLOBALS, loader)
+        sl.eval(module, sl.parse(file, sources.builtin_source(target), dialect.DIALECT), dialect.GLOBALS, loader)
+        _builtin_cache[file] = frozen = module.freeze()
+        return frozen
+
+
+def _refuse(target: str) -> sl.FrozenModule:
+    raise LoadError(f"built-in libraries load only built-ins, not {target}")
