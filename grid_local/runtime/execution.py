@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 import uuid
@@ -196,7 +197,16 @@ class FlowExecution:
         if cause is not None:
             return Failed(f"internal error: {cause!r}", text, kind="InternalError")
         message = _starlark_message(text)
-        location = location_from_starlark(text)
+        location: SourceLocation | str | None = location_from_starlark(text)
+        if location is not None and location.file in journal.RUNTIME_FILES:
+            # Raised inside the prelude (argument checks, json.encode): the user's call is the place to point at.
+            location = journal.user_callsite(text) or location
+        unjsonable = re.search(r"`serde::serialize` not supported on type `([^`]+)`", message)
+        if unjsonable:
+            return Failed(
+                f"{location}: a {unjsonable[1]} is not JSON-representable "
+                "(only JSON data can be passed to flows and actions)", text, kind="ArgumentError",
+            )
         if "call stack overflow" in message:
             return Failed(
                 f"call stack limit exceeded ({self.limits.max_callstack} frames; [limits] max_callstack)",
@@ -245,7 +255,12 @@ class FlowExecution:
             if resolved in self._loading:
                 cycle = " -> ".join([*self._loading[self._loading.index(resolved):], resolved])
                 raise LoadError(f"load cycle: {cycle}", SourceLocation(current, _load_line(self.tree, current, target)))
-            self._frozen[resolved] = frozen = self._evaluate_main(resolved, resolved).freeze()
+            try:
+                self._frozen[resolved] = frozen = self._evaluate_main(resolved, resolved).freeze()
+            except sl.StarlarkError as exc:
+                # An error in the loaded file itself: keep its location rather than report an internal error.
+                self._abort = self._abort or dialect.script_error(exc, resolved)
+                raise
             return frozen
         except LoadError as exc:
             if exc.location is None:
@@ -294,6 +309,10 @@ class FlowExecution:
     def _to_starlark(self, result: dict[str, Any]) -> dict[str, Any]:
         if not result.get("ok") and result.get("traceback"):
             self._child_tracebacks[result["error"]] = result["traceback"]
+        if result.get("ok") and isinstance(result.get("value"), list):  # wait(): one Result per task
+            for item in result["value"]:
+                if isinstance(item, dict) and not item.get("ok") and item.get("traceback"):
+                    self._child_tracebacks[item["error"]] = item["traceback"]
         return {"ok": bool(result.get("ok")), "value": result.get("value"), "error": result.get("error")}
 
     def context(self) -> dict[str, Any]:

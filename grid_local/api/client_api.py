@@ -1,0 +1,330 @@
+"""The Client API: the only way in for the CLI and the TUI (FastAPI, so it publishes OpenAPI).
+
+Errors are JSON ``{"error", "message"}`` with a status code. With a tokens file every request
+needs ``Authorization: Bearer <token>``; the token names the user and the quota node the caller
+acts as, and the caller sees only flows in that subtree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import os
+import signal
+import time
+import tomllib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from grid_local.api.notify import Notifier, wait_for, watch_other_writers
+from grid_local.bundle_format import MAX_BUNDLE_BYTES, read_bundle
+from grid_local.db.store import FINISHED, FlowStore
+from grid_local.errors import ArgumentError, BundleError, NotFoundError
+from grid_local.home import GridPaths
+from grid_local.runtime.journal import check_json
+
+MAX_JSON_BODY = 1024 * 1024
+
+
+class Identity(BaseModel):
+    user: str
+    quota: str
+
+
+class StartFlow(BaseModel):
+    bundle: str = Field(description="Digest of an uploaded bundle (sha256:...)")
+    args: dict[str, Any] = Field(default_factory=dict, description="Arguments of the root flow")
+    name: str | None = Field(default=None, description="Display name (default: the entry script)")
+
+
+class Message(BaseModel):
+    value: Any = Field(description="Any JSON value")
+    inbox: str = Field(default="_stdin", min_length=1, max_length=200)
+
+
+class Injection(BaseModel):
+    action: Literal["fail", "delay"]
+    seconds: float = Field(default=0.0, ge=0, le=3600)
+
+
+class Deployment(BaseModel):
+    digest: str
+
+
+class StartDeployment(BaseModel):
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+def load_tokens(path: Path | None) -> dict[str, Identity] | None:
+    """``[tokens."<token>"] user = "alice" quota = "/acme/ci"``; None means a local, token-less grid."""
+    if path is None:
+        return None
+    data = tomllib.loads(path.read_text())
+    tokens = {}
+    for token, entry in (data.get("tokens") or {}).items():
+        quota = "/" + str(entry.get("quota", "/")).strip("/")
+        tokens[token] = Identity(user=str(entry["user"]), quota=quota)
+    return tokens
+
+
+def _under(quota: str, node: str) -> bool:
+    node = node.rstrip("/")
+    return not node or quota == node or quota.startswith(node + "/")
+
+
+class ClientApi:
+    def __init__(self, paths: GridPaths, tokens: dict[str, Identity] | None = None) -> None:
+        self.paths = paths
+        self.tokens = tokens
+        self.notifier = Notifier()
+        self.store: FlowStore | None = None
+        user = getpass.getuser()
+        self.local_identity = Identity(user=user, quota=f"/local/{user}")
+
+    @property
+    def db(self) -> FlowStore:
+        assert self.store is not None
+        return self.store
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        self.store = await FlowStore.open(self.paths.db)
+        self.store.on_commit.append(lambda notes: self.notifier.publish_all())
+        watcher = asyncio.create_task(watch_other_writers(self.store, self.notifier, interval=0.002))
+        yield
+        watcher.cancel()
+        await self.store.close()
+
+    def identity(self, request: Request) -> Identity:
+        if self.tokens is None:
+            return self.local_identity
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(401, "a bearer token is required (Authorization: Bearer <token>)")
+        identity = self.tokens.get(token.strip())
+        if identity is None:
+            raise HTTPException(401, "the token was refused")
+        return identity
+
+    async def visible_flow(self, flow_id: str, who: Identity) -> dict[str, Any]:
+        flow = await self.db.get_flow(flow_id)
+        if not _under(flow["quota"], who.quota):
+            raise HTTPException(403, f"flow {flow_id} is outside your quota node {who.quota}")
+        return flow
+
+    def app(self) -> FastAPI:
+        app = FastAPI(title="Flowmetal Client API", version="1", lifespan=self.lifespan)
+        ident = Depends(self.identity)
+
+        @app.exception_handler(HTTPException)
+        async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+            names = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
+                     413: "too_large", 422: "invalid", 429: "quota_exceeded"}
+            return JSONResponse({"error": names.get(exc.status_code, "error"), "message": str(exc.detail)},
+                                status_code=exc.status_code, headers=exc.headers)
+
+        @app.exception_handler(RequestValidationError)
+        async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+                for e in exc.errors()
+            )
+            return JSONResponse({"error": "invalid", "message": problems}, status_code=422)
+
+        @app.exception_handler(NotFoundError)
+        async def not_found(request: Request, exc: NotFoundError) -> JSONResponse:
+            return JSONResponse({"error": "not_found", "message": str(exc)}, status_code=404)
+
+        @app.middleware("http")
+        async def limit_body(request: Request, call_next: Any) -> Response:
+            length = request.headers.get("content-length")
+            limit = MAX_BUNDLE_BYTES if request.url.path.startswith("/v1/bundles/") else MAX_JSON_BODY
+            if length is not None and length.isdigit() and int(length) > limit:
+                return JSONResponse({"error": "too_large", "message": f"body over {limit} bytes"}, status_code=413)
+            return await call_next(request)
+
+        @app.get("/v1/health", summary="Is the grid up")
+        async def health() -> dict[str, Any]:
+            return {"ok": True, "db": str(self.paths.db), "auth": self.tokens is not None}
+
+        @app.get("/v1/whoami", summary="Who the caller acts as")
+        async def whoami(who: Identity = ident) -> Identity:
+            return who
+
+        @app.put("/v1/bundles/{digest}", status_code=201, summary="Upload a bundle (content-addressed, idempotent)")
+        async def upload_bundle(digest: str, request: Request, who: Identity = ident) -> dict[str, Any]:
+            data = await request.body()
+            if len(data) > MAX_BUNDLE_BYTES:
+                raise HTTPException(413, f"bundle is {len(data)} bytes, over {MAX_BUNDLE_BYTES}")
+            try:
+                bundle = read_bundle(data, digest)
+            except BundleError as exc:
+                raise HTTPException(400, f"bundle refused: {exc}") from None
+            created = await self.db.put_bundle(bundle.digest, data, bundle.entry)
+            return {"digest": bundle.digest, "created": created, "entry": bundle.entry, "files": sorted(bundle.files)}
+
+        @app.head("/v1/bundles/{digest}", summary="Does the grid hold this bundle")
+        async def has_bundle(digest: str, who: Identity = ident) -> Response:
+            return Response(status_code=200 if await self.db.has_bundle(digest) else 404)
+
+        @app.get("/v1/bundles/{digest}", summary="Download a bundle")
+        async def get_bundle(digest: str, who: Identity = ident) -> Response:
+            return Response(await self.db.get_bundle(digest), media_type="application/zip")
+
+        @app.post("/v1/flows", status_code=201, summary="Start a root flow from an uploaded bundle")
+        async def start_flow(body: StartFlow, who: Identity = ident) -> dict[str, Any]:
+            try:
+                check_json(body.args, "flow arguments")
+            except ArgumentError as exc:
+                raise HTTPException(422, str(exc)) from None
+            try:
+                bundle = read_bundle(await self.db.get_bundle(body.bundle), body.bundle)
+            except BundleError as exc:
+                raise HTTPException(400, str(exc)) from None
+            flow_id = await self.db.start_flow(
+                body.bundle, {"module": bundle.entry, "function": None}, body.args, who.quota, who.user,
+                body.name or bundle.entry,
+            )
+            return await self.db.get_flow(flow_id)
+
+        @app.get("/v1/flows", summary="List flows (newest first)")
+        async def list_flows(
+            status: str | None = Query(default=None, pattern="^(pending|running|waiting|completed|failed|cancelled)$"),
+            root: str | None = None, quota: str | None = None, roots_only: bool = False,
+            limit: int = Query(default=500, ge=1, le=5000), who: Identity = ident,
+        ) -> list[dict[str, Any]]:
+            node = who.quota if quota is None or not _under(quota, who.quota) else quota
+            return await self.db.list_flows(status=status, root=root, quota=node, limit=limit, roots_only=roots_only)
+
+        @app.get("/v1/flows/{flow_id}", summary="A flow's record and journal")
+        async def inspect_flow(flow_id: str, who: Identity = ident) -> dict[str, Any]:
+            flow = await self.visible_flow(flow_id, who)
+            flow["journal"] = [e.to_json() for e in await self.db.get_journal(flow_id)]
+            flow["children"] = [f["id"] for f in await self.db.list_flows(root=flow["root"]) if f["parent"] == flow_id]
+            return flow
+
+        @app.post("/v1/flows/{flow_id}/cancel", summary="Cancel a flow and its children")
+        async def cancel_flow(flow_id: str, who: Identity = ident) -> dict[str, Any]:
+            flow = await self.visible_flow(flow_id, who)
+            if flow["status"] in FINISHED:
+                raise HTTPException(409, f"flow {flow_id} already {flow['status']}")
+            return {"cancelled": await self.db.cancel_flow(flow_id, f"cancelled by {who.user}")}
+
+        @app.post("/v1/flows/{flow_id}/messages", status_code=201, summary="Send a message to a flow's inbox")
+        async def send_message(flow_id: str, body: Message, who: Identity = ident) -> dict[str, Any]:
+            flow = await self.visible_flow(flow_id, who)
+            if flow["status"] in FINISHED:
+                raise HTTPException(409, f"flow {flow_id} already {flow['status']}")
+            try:
+                check_json(body.value, "message")
+            except ArgumentError as exc:
+                raise HTTPException(422, str(exc)) from None
+            return {"id": await self.db.send_message(flow_id, body.inbox, body.value, f"user:{who.user}")}
+
+        @app.get("/v1/events", summary="Events after a cursor (long-poll with wait=seconds)")
+        async def events(
+            after: int = Query(default=0, ge=0), root: str | None = None,
+            wait: float = Query(default=0, ge=0, le=60), who: Identity = ident,
+        ) -> dict[str, Any]:
+            if root is not None:
+                await self.visible_flow(root, who)
+            deadline = time.monotonic() + wait
+            while True:
+                with self.notifier.subscribe("events") as woken:
+                    found = await self.db.events_after(after, root=root)
+                    if root is None and self.tokens is not None:
+                        found = [e for e in found if await self._event_visible(e, who)]
+                    remaining = deadline - time.monotonic()
+                    if found or remaining <= 0:
+                        cursor = found[-1]["id"] if found else after
+                        return {"events": found, "cursor": cursor}
+                    await wait_for(woken, remaining)
+
+        @app.post("/v1/flows/{flow_id}/inject", summary="Failure injection: fail or delay the flow's next action")
+        async def inject(flow_id: str, body: Injection, who: Identity = ident) -> dict[str, Any]:
+            await self.visible_flow(flow_id, who)
+            await self.db.add_injection(flow_id, body.action, body.seconds)
+            return {"ok": True}
+
+        @app.get("/v1/processes", summary="The grid's processes (workers and connectors)")
+        async def processes(who: Identity = ident) -> dict[str, Any]:
+            state = self.paths.read_state() or {}
+            held = await self.db._all(
+                "SELECT lease_owner, COUNT(*) AS n FROM flows WHERE lease_owner IS NOT NULL GROUP BY lease_owner"
+            )
+            counts = {r["lease_owner"]: r["n"] for r in held}
+            found = []
+            for process in state.get("processes", []):
+                process = dict(process)
+                process["alive"] = _alive(process.get("pid"))
+                process["flows"] = counts.get(process.get("id", ""), 0)
+                found.append(process)
+            return {"processes": found}
+
+        @app.post("/v1/processes/{pid}/kill", summary="Failure injection: SIGKILL a worker or connector")
+        async def kill_process(pid: int, who: Identity = ident) -> dict[str, Any]:
+            if self.tokens is not None:
+                raise HTTPException(403, "failure injection is only for the local grid")
+            state = self.paths.read_state() or {}
+            known = {p.get("pid"): p for p in state.get("processes", [])}
+            target = known.get(pid)
+            if target is None or target.get("role") in ("client-api", "worker-api"):
+                raise HTTPException(404, f"no worker or connector with pid {pid}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            return {"killed": pid, "role": target.get("role")}
+
+        @app.put("/v1/deployments/{name}", summary="Register a named deployment of a bundle")
+        async def deploy(name: str, body: Deployment, who: Identity = ident) -> dict[str, Any]:
+            if not await self.db.has_bundle(body.digest):
+                raise HTTPException(404, f"no bundle {body.digest}: upload it first")
+            await self.db.put_deployment(name, body.digest, who.quota)
+            return await self.db.get_deployment(name)
+
+        @app.get("/v1/deployments", summary="List deployments")
+        async def deployments(who: Identity = ident) -> list[dict[str, Any]]:
+            return await self.db.list_deployments(who.quota)
+
+        @app.post("/v1/deployments/{name}/start", status_code=201, summary="Start a deployed flow")
+        async def start_deployment(name: str, body: StartDeployment, who: Identity = ident) -> dict[str, Any]:
+            deployment = await self.db.get_deployment(name)
+            if not _under(deployment["quota"], who.quota):
+                raise HTTPException(403, f"deployment {name} is outside your quota node {who.quota}")
+            return await start_flow(StartFlow(bundle=deployment["digest"], args=body.args, name=name), who)
+
+        return app
+
+    async def _event_visible(self, event: dict[str, Any], who: Identity) -> bool:
+        try:
+            return _under((await self.db.get_flow(event["root"]))["quota"], who.quota)
+        except NotFoundError:
+            return False
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by the supervisor) is not alive.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def create_app(paths: GridPaths, tokens_file: Path | None = None) -> FastAPI:
+    return ClientApi(paths, load_tokens(tokens_file)).app()

@@ -1,0 +1,38 @@
+"""Run one of the grid's HTTP APIs under uvicorn (a process of its own, started by the supervisor)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from pathlib import Path
+
+import uvicorn
+
+from grid_local.home import GridPaths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="flowmetal-api")
+    parser.add_argument("which", choices=["client", "worker"])
+    parser.add_argument("--home", required=True, type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--tokens", type=Path, default=None)
+    options = parser.parse_args(argv)
+    paths = GridPaths(options.home)
+    if options.which == "client":
+        from grid_local.api.client_api import create_app
+
+        app = create_app(paths, options.tokens)
+    else:
+        from grid_local.api.worker_api import create_app as create_worker_app
+
+        app = create_worker_app(paths.db)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    uvicorn.run(app, host=options.host, port=options.port, log_level="warning", access_log=False,
+                loop="uvloop", http="httptools", backlog=2048, timeout_keep_alive=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""The Worker API: how workers and connectors reach the Flow DB (they never open it themselves).
+
+Plain Starlette rather than FastAPI: it is an internal protocol on the hot path of every action,
+so requests are validated by hand and kept small. Long polls wait on in-process notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from grid_local.api.notify import Notifier, wait_for, watch_other_writers
+from grid_local.db.store import FlowStore
+from grid_local.errors import FlowmetalError, LeaseLostError, NotFoundError
+from grid_local.runtime.journal import ALL_KINDS, JournalEntry
+
+MAX_BODY = 4 * 1024 * 1024
+MAX_WAIT = 30.0
+
+
+class BadRequest(FlowmetalError):
+    pass
+
+
+def error_response(status: int, error: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message}, status_code=status)
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise BadRequest(f"request body is {len(body)} bytes, over {MAX_BODY}")
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("expected a JSON object")
+    return data
+
+
+def field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    if name not in data:
+        if default is ...:
+            raise BadRequest(f"missing field '{name}'")
+        return default
+    value = data[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadRequest(f"field '{name}' has the wrong type")
+    return value
+
+
+def handle_errors(handler: Any) -> Any:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return error_response(400, "bad_request", str(exc))
+        except NotFoundError as exc:
+            return error_response(404, "not_found", str(exc))
+        except LeaseLostError as exc:
+            return error_response(409, "lease_lost", str(exc))
+    return wrapped
+
+
+class WorkerApi:
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.notifier = Notifier()
+        self.store: FlowStore | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self.deadlines_version = 0
+
+    @property
+    def db(self) -> FlowStore:
+        assert self.store is not None
+        return self.store
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.store = await FlowStore.open(self.db_path)
+        self.store.on_commit.append(self._on_commit)
+        self._background = [
+            asyncio.create_task(watch_other_writers(self.store, self.notifier)),
+            asyncio.create_task(self._reaper()),
+        ]
+        yield
+        for task in self._background:
+            task.cancel()
+        await self.store.close()
+
+    def _on_commit(self, notes: set[tuple[Any, ...]]) -> None:
+        if ("deadlines",) in notes:
+            self.deadlines_version += 1
+        self.notifier.publish(notes)
+
+    async def _reaper(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(Exception):
+                await self.db.reap()
+
+    # -- workers ------------------------------------------------------------------------------
+
+    async def claim(self, request: Request) -> Response:
+        data = await read_json(request)
+        worker = field(data, "worker", str)
+        limit = field(data, "limit", int, 1)
+        wait = min(float(field(data, "wait", (int, float), 10.0)), MAX_WAIT)
+        deadline = time.monotonic() + wait
+        while True:
+            with self.notifier.subscribe(("runnable",)) as woken:
+                tasks = await self.db.claim(worker, max(1, min(limit, 100)))
+                remaining = deadline - time.monotonic()
+                if tasks or remaining <= 0:
+                    return JSONResponse({"tasks": tasks})
+                await wait_for(woken, remaining)
+
+    async def bundle(self, request: Request) -> Response:
+        data = await self.db.get_bundle(request.path_params["digest"])
+        return Response(data, media_type="application/zip")
+
+    async def append(self, request: Request) -> Response:
+        flow_id = request.path_params["flow_id"]
+        data = await read_json(request)
+        worker = field(data, "worker", str)
+        epoch = field(data, "epoch", int)
+        raw = field(data, "entry", dict)
+        kind = field(raw, "kind", str)
+        if kind not in ALL_KINDS:
+            raise BadRequest(f"unknown action kind '{kind}'")
+        entry = JournalEntry(
+            seq=field(raw, "seq", int), kind=kind, args=raw.get("args"), hash=field(raw, "hash", str),
+            callsite=field(raw, "callsite", str, ""), result=field(raw, "result", (dict, type(None)), None),
+            requested_at=field(raw, "requested_at", (int, float, type(None)), None),
+        )
+        result = await self.db.append(flow_id, worker, epoch, entry)
+        delay = await self._injected_delay(flow_id, entry.seq)
+        if delay:
+            await asyncio.sleep(delay)
+        return JSONResponse({"result": result})
+
+    async def _injected_delay(self, flow_id: str, seq: int) -> float:
+        row = await (await self.db.db.execute(
+            "SELECT id, seconds FROM injections WHERE flow_id = ? AND action = 'delay' AND used_seq IS NULL "
+            "ORDER BY id LIMIT 1", (flow_id,),
+        )).fetchone()
+        if row is None:
+            return 0.0
+        async with self.db.write() as db:
+            await db.execute("UPDATE injections SET used_seq = ? WHERE id = ?", (seq, row["id"]))
+        return float(row["seconds"])
+
+    async def result(self, request: Request) -> Response:
+        flow_id = request.path_params["flow_id"]
+        seq = int(request.path_params["seq"])
+        wait = min(float(request.query_params.get("wait", "0")), MAX_WAIT)
+        deadline = time.monotonic() + wait
+        while True:
+            with self.notifier.subscribe(("result", flow_id, seq), ("finished", flow_id)) as woken:
+                result, status = await self.db.result_of(flow_id, seq)
+                remaining = deadline - time.monotonic()
+                if result is not None or status in ("cancelled", "failed", "completed") or remaining <= 0:
+                    return JSONResponse({"result": result, "status": status})
+                await wait_for(woken, remaining)
+
+    async def finish(self, request: Request) -> Response:
+        flow_id = request.path_params["flow_id"]
+        data = await read_json(request)
+        status = field(data, "status", str)
+        if status not in ("completed", "failed"):
+            raise BadRequest("status must be 'completed' or 'failed'")
+        await self.db.finish(
+            flow_id, field(data, "worker", str), field(data, "epoch", int), status,
+            result=data.get("result"), error=field(data, "error", (dict, type(None)), None),
+        )
+        return JSONResponse({"ok": True})
+
+    async def suspend(self, request: Request) -> Response:
+        data = await read_json(request)
+        await self.db.suspend(request.path_params["flow_id"], field(data, "worker", str), field(data, "epoch", int))
+        return JSONResponse({"ok": True})
+
+    async def heartbeat(self, request: Request) -> Response:
+        data = await read_json(request)
+        flows = field(data, "flows", list, [])
+        stop = await self.db.heartbeat(request.path_params["worker"], [str(f) for f in flows])
+        return JSONResponse({"stop": stop})
+
+    async def worker_gone(self, request: Request) -> Response:
+        released = await self.db.release_worker(request.path_params["worker"], "worker exited")
+        return JSONResponse({"released": released})
+
+    # -- connectors -----------------------------------------------------------------------------
+
+    async def claim_requests(self, request: Request) -> Response:
+        kind = request.path_params["kind"]
+        data = await read_json(request)
+        executor = field(data, "executor", str)
+        limit = field(data, "limit", int, 16)
+        wait = min(float(field(data, "wait", (int, float), 10.0)), MAX_WAIT)
+        deadline = time.monotonic() + wait
+        while True:
+            with self.notifier.subscribe(("requests", kind)) as woken:
+                claimed = await self.db.claim_requests(kind, executor, max(1, min(limit, 100)))
+                remaining = deadline - time.monotonic()
+                if claimed or remaining <= 0:
+                    return JSONResponse({"requests": claimed})
+                await wait_for(woken, remaining)
+
+    async def record(self, request: Request) -> Response:
+        data = await read_json(request)
+        recorded = await self.db.record_result(
+            field(data, "flow_id", str), field(data, "seq", int), field(data, "result", dict),
+            executor=field(data, "executor", (str, type(None)), None),
+        )
+        return JSONResponse({"recorded": recorded})
+
+    async def executor_gone(self, request: Request) -> Response:
+        released = await self.db.release_executor(request.path_params["executor"])
+        return JSONResponse({"interrupted": released})
+
+    async def deadlines(self, request: Request) -> Response:
+        """The clock connector's view: every open deadline; long-polls until the set may have changed."""
+        since = int(request.query_params.get("version", "-1"))
+        wait = min(float(request.query_params.get("wait", "0")), MAX_WAIT)
+        if since == self.deadlines_version and wait > 0:
+            with self.notifier.subscribe(("deadlines",)) as woken:
+                await wait_for(woken, wait)
+        version = self.deadlines_version
+        return JSONResponse({"version": version, "deadlines": await self.db.open_deadlines()})
+
+    async def fire(self, request: Request) -> Response:
+        data = await read_json(request)
+        fired = await self.db.fire_deadline(field(data, "flow_id", str), field(data, "seq", int))
+        return JSONResponse({"fired": fired})
+
+    async def deliver(self, request: Request) -> Response:
+        """The inbox connector's sweep: waits for new messages, then hands them to open receives."""
+        wait = min(float(request.query_params.get("wait", "0")), MAX_WAIT)
+        with self.notifier.subscribe(("inbox",), ("runnable",)) as woken:
+            delivered = await self.db.deliver_pending()
+            if not delivered and wait > 0:
+                await wait_for(woken, wait)
+                delivered = await self.db.deliver_pending()
+        return JSONResponse({"delivered": delivered})
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"ok": True, "db": str(self.db_path)})
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/v1/health", self.health),
+            Route("/v1/workers/claim", handle_errors(self.claim), methods=["POST"]),
+            Route("/v1/workers/{worker}/heartbeat", handle_errors(self.heartbeat), methods=["POST"]),
+            Route("/v1/workers/{worker}/gone", handle_errors(self.worker_gone), methods=["POST"]),
+            Route("/v1/bundles/{digest}", handle_errors(self.bundle)),
+            Route("/v1/flows/{flow_id}/journal", handle_errors(self.append), methods=["POST"]),
+            Route("/v1/flows/{flow_id}/journal/{seq:int}", handle_errors(self.result)),
+            Route("/v1/flows/{flow_id}/finish", handle_errors(self.finish), methods=["POST"]),
+            Route("/v1/flows/{flow_id}/suspend", handle_errors(self.suspend), methods=["POST"]),
+            Route("/v1/connectors/requests/{kind}/claim", handle_errors(self.claim_requests), methods=["POST"]),
+            Route("/v1/connectors/results", handle_errors(self.record), methods=["POST"]),
+            Route("/v1/connectors/{executor}/gone", handle_errors(self.executor_gone), methods=["POST"]),
+            Route("/v1/connectors/clock/deadlines", handle_errors(self.deadlines)),
+            Route("/v1/connectors/clock/fire", handle_errors(self.fire), methods=["POST"]),
+            Route("/v1/connectors/inbox/deliver", handle_errors(self.deliver), methods=["POST"]),
+        ]
+        return Starlette(routes=routes, lifespan=self.lifespan)
+
+
+def create_app(db_path: Path) -> Starlette:
+    return WorkerApi(db_path).app()

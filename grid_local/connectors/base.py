@@ -1,0 +1,33 @@
+"""What every connector process shares: its identity, the Worker API client, and its command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from typing import Any
+
+import httpx
+
+
+def connector_args(role: str, argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"flowmetal-{role}", description=f"The Flowmetal {role} connector.")
+    parser.add_argument("--api", required=True, help="Worker API base URL")
+    parser.add_argument("--name", default=role)
+    options = parser.parse_args(argv)
+    options.executor = f"{options.name}.{os.getpid()}"
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    return options
+
+
+def api_client(url: str, connections: int = 16) -> httpx.Client:
+    return httpx.Client(
+        base_url=url, timeout=httpx.Timeout(60.0, connect=5.0),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+    )
+
+
+def record(client: httpx.Client, flow_id: str, seq: int, result: dict[str, Any], executor: str | None) -> None:
+    client.post("/v1/connectors/results", json={
+        "flow_id": flow_id, "seq": seq, "result": result, "executor": executor,
+    }).raise_for_status()

@@ -1,0 +1,67 @@
+"""The HTTP connector: performs ``http`` actions with httpx, each under its request's timeout.
+
+A request is leased to this process when claimed. If the process dies before recording the
+result, the request is declared failed ("interrupted") - never silently sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from grid_local.connectors.base import api_client, connector_args, record
+from grid_local.runtime import journal as jr
+
+MAX_BODY = 8 * 1024 * 1024
+
+
+def perform(client: httpx.Client, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+        response = client.request(
+            args.get("method", "GET"), args["url"], headers=args.get("headers") or {},
+            content=args.get("body"), json=args.get("json"), timeout=float(args.get("timeout") or 30),
+        )
+    except httpx.TimeoutException:
+        return jr.err(f"http: timeout after {args.get('timeout') or 30} s: {args.get('method')} {args['url']}")
+    except httpx.HTTPError as exc:
+        return jr.err(f"http: {type(exc).__name__}: {exc}")
+    except (ValueError, KeyError, TypeError) as exc:
+        return jr.err(f"http: bad request: {exc}")
+    body = response.content[:MAX_BODY].decode("utf-8", errors="replace")
+    value: dict[str, Any] = {"status": response.status_code, "headers": dict(response.headers), "body": body}
+    if "json" in response.headers.get("content-type", ""):
+        try:
+            value["json"] = json.loads(body)
+        except ValueError:
+            value["json"] = None
+    return jr.ok(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = connector_args("http", argv)
+    api = api_client(options.api)
+    outside = httpx.Client(follow_redirects=True)
+    pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="http")
+
+    def run(request: dict[str, Any]) -> None:
+        result = perform(outside, request["args"])
+        record(api, request["flow_id"], request["seq"], result, options.executor)
+
+    while True:
+        try:
+            response = api.post("/v1/connectors/requests/http/claim",
+                                json={"executor": options.executor, "limit": 16, "wait": 10})
+            response.raise_for_status()
+        except httpx.HTTPError:
+            time.sleep(0.2)
+            continue
+        for request in response.json()["requests"]:
+            pool.submit(run, request)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""The inbox connector: hands messages to flows waiting in receive(), in order and once.
+
+Delivery itself is one Flow DB transaction (the message is marked consumed by the receive's
+journal entry as its result is recorded), so nothing is lost or delivered twice if this
+process dies between sweeps.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from grid_local.connectors.base import api_client, connector_args
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = connector_args("inbox", argv)
+    api = api_client(options.api, connections=2)
+    while True:
+        try:
+            api.post("/v1/connectors/inbox/deliver", params={"wait": "10"}).raise_for_status()
+        except httpx.HTTPError:
+            time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    main()

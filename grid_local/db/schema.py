@@ -1,0 +1,95 @@
+"""The Flow DB schema: an append-only list of migrations, applied in order on open."""
+
+from __future__ import annotations
+
+# Never edit a released migration; append a new one.
+MIGRATIONS: list[str] = [
+    # 1: flows, their journals, bundles, inboxes, events
+    """
+    CREATE TABLE bundles (
+        digest      TEXT PRIMARY KEY,
+        data        BLOB NOT NULL,
+        entry       TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        created     REAL NOT NULL
+    );
+    CREATE TABLE deployments (
+        name        TEXT PRIMARY KEY,
+        digest      TEXT NOT NULL REFERENCES bundles(digest),
+        quota       TEXT NOT NULL,
+        created     REAL NOT NULL,
+        updated     REAL NOT NULL
+    );
+    CREATE TABLE flows (
+        id            TEXT PRIMARY KEY,
+        parent        TEXT REFERENCES flows(id),
+        root          TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        bundle        TEXT NOT NULL REFERENCES bundles(digest),
+        entry         TEXT NOT NULL,
+        args          TEXT NOT NULL,
+        quota         TEXT NOT NULL,
+        username      TEXT NOT NULL,
+        status        TEXT NOT NULL CHECK (status IN
+                        ('pending', 'running', 'waiting', 'completed', 'failed', 'cancelled')),
+        result        TEXT,
+        error         TEXT,
+        created       REAL NOT NULL,
+        updated       REAL NOT NULL,
+        finished      REAL,
+        lease_owner   TEXT,
+        lease_expires REAL,
+        lease_epoch   INTEGER NOT NULL DEFAULT 0,
+        runnable      INTEGER NOT NULL DEFAULT 0,
+        resumes       INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX flows_runnable ON flows(runnable, created) WHERE runnable = 1;
+    CREATE INDEX flows_parent ON flows(parent);
+    CREATE INDEX flows_root ON flows(root);
+    CREATE INDEX flows_lease ON flows(lease_owner) WHERE lease_owner IS NOT NULL;
+    CREATE TABLE journal (
+        flow_id       TEXT NOT NULL REFERENCES flows(id),
+        seq           INTEGER NOT NULL,
+        kind          TEXT NOT NULL,
+        args          TEXT NOT NULL,
+        hash          TEXT NOT NULL,
+        callsite      TEXT NOT NULL DEFAULT '',
+        result        TEXT,
+        requested_at  REAL NOT NULL,
+        answered_at   REAL,
+        worker        TEXT,
+        executor      TEXT,
+        executor_expires REAL,
+        deadline      REAL,
+        PRIMARY KEY (flow_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX journal_open ON journal(kind) WHERE result IS NULL;
+    CREATE TABLE messages (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        flow_id     TEXT NOT NULL REFERENCES flows(id),
+        inbox       TEXT NOT NULL,
+        value       TEXT NOT NULL,
+        sender      TEXT NOT NULL,
+        created     REAL NOT NULL,
+        consumed_seq INTEGER
+    );
+    CREATE INDEX messages_unread ON messages(flow_id, inbox, id) WHERE consumed_seq IS NULL;
+    CREATE TABLE events (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        flow_id     TEXT NOT NULL,
+        root        TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        data        TEXT NOT NULL,
+        at          REAL NOT NULL
+    );
+    CREATE INDEX events_root ON events(root, id);
+    CREATE TABLE injections (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        flow_id     TEXT NOT NULL,
+        action      TEXT NOT NULL CHECK (action IN ('fail', 'delay')),
+        seconds     REAL NOT NULL DEFAULT 0,
+        created     REAL NOT NULL,
+        used_seq    INTEGER
+    );
+    """,
+]

@@ -1,0 +1,635 @@
+"""The Flow DB on SQLite (aiosqlite): flows, journals, bundles, inboxes and the event log.
+
+Every write is one ``BEGIN IMMEDIATE`` transaction behind a per-process lock (one writer
+connection per process, WAL, a busy timeout for the other processes). Journal appends are
+conditional on the writer's lease and on the expected sequence number, so a stale worker can
+never write. Results are recorded at most once (``WHERE result IS NULL``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from grid_local.db.schema import MIGRATIONS
+from grid_local.errors import LeaseLostError, NotFoundError, StoreError
+from grid_local.runtime import journal as jr
+from grid_local.runtime.journal import JournalEntry
+
+FINISHED = ("completed", "failed", "cancelled")
+LEASE_SECONDS = 10.0
+EXECUTOR_GRACE = 5.0
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class FlowStore:
+    """One process's connection to the Flow DB."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+        self._write_lock = asyncio.Lock()
+        self.on_commit: list[Any] = []  # callables(notes) run after each commit of this process
+        self.notes: set[tuple[Any, ...]] = set()  # what the current transaction changed, for notifications
+
+    @classmethod
+    async def open(cls, path: Path) -> "FlowStore":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(str(path), isolation_level=None)
+        db.row_factory = aiosqlite.Row
+        for pragma in ("busy_timeout=10000", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+            await db.execute(f"PRAGMA {pragma}")
+        store = cls(db, path)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def _migrate(self) -> None:
+        async with self.write() as db:
+            version = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {number}")
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                self.notes = set()
+                raise
+            await self.db.execute("COMMIT")
+            notes, self.notes = self.notes, set()
+        for callback in self.on_commit:
+            callback(notes)
+
+    async def data_version(self) -> int:
+        return (await (await self.db.execute("PRAGMA data_version")).fetchone())[0]
+
+    async def _one(self, sql: str, *params: Any) -> aiosqlite.Row | None:
+        return await (await self.db.execute(sql, params)).fetchone()
+
+    async def _all(self, sql: str, *params: Any) -> list[aiosqlite.Row]:
+        return list(await (await self.db.execute(sql, params)).fetchall())
+
+    async def _event(self, db: aiosqlite.Connection, flow_id: str, root: str, kind: str, data: dict[str, Any]) -> None:
+        await db.execute(
+            "INSERT INTO events (flow_id, root, kind, data, at) VALUES (?, ?, ?, ?, ?)",
+            (flow_id, root, kind, _dumps(data), time.time()),
+        )
+
+    # -- bundles and deployments ----------------------------------------------------------------
+
+    async def put_bundle(self, digest: str, data: bytes, entry: str) -> bool:
+        """Store a bundle; returns False when the grid already held it (uploads are idempotent)."""
+        async with self.write() as db:
+            cursor = await db.execute(
+                "INSERT OR IGNORE INTO bundles (digest, data, entry, size, created) VALUES (?, ?, ?, ?, ?)",
+                (digest, data, entry, len(data), time.time()),
+            )
+            return cursor.rowcount == 1
+
+    async def has_bundle(self, digest: str) -> bool:
+        return await self._one("SELECT 1 FROM bundles WHERE digest = ?", digest) is not None
+
+    async def get_bundle(self, digest: str) -> bytes:
+        row = await self._one("SELECT data FROM bundles WHERE digest = ?", digest)
+        if row is None:
+            raise NotFoundError(f"no bundle {digest}")
+        return bytes(row["data"])
+
+    async def put_deployment(self, name: str, digest: str, quota: str) -> None:
+        now = time.time()
+        async with self.write() as db:
+            await db.execute(
+                "INSERT INTO deployments (name, digest, quota, created, updated) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET digest = excluded.digest, quota = excluded.quota, "
+                "updated = excluded.updated",
+                (name, digest, quota, now, now),
+            )
+
+    async def list_deployments(self, quota_prefix: str = "/") -> list[dict[str, Any]]:
+        rows = await self._all("SELECT * FROM deployments ORDER BY name")
+        return [dict(r) for r in rows if _under(r["quota"], quota_prefix)]
+
+    async def get_deployment(self, name: str) -> dict[str, Any]:
+        row = await self._one("SELECT * FROM deployments WHERE name = ?", name)
+        if row is None:
+            raise NotFoundError(f"no deployment named '{name}'")
+        return dict(row)
+
+    # -- flows ------------------------------------------------------------------------------
+
+    async def start_flow(
+        self, bundle: str, entry: dict[str, Any], args: dict[str, Any], quota: str, username: str, name: str
+    ) -> str:
+        flow_id = new_id()
+        now = time.time()
+        async with self.write() as db:
+            if await self._one("SELECT 1 FROM bundles WHERE digest = ?", bundle) is None:
+                raise NotFoundError(f"no bundle {bundle}")
+            await db.execute(
+                "INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, "
+                "created, updated, runnable) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 1)",
+                (flow_id, flow_id, name, bundle, _dumps(entry), _dumps(args), quota, username, now, now),
+            )
+            await self._event(db, flow_id, flow_id, "flow", {"status": "pending", "name": name, "parent": None})
+            self.notes.add(("runnable",))
+        return flow_id
+
+    async def get_flow(self, flow_id: str) -> dict[str, Any]:
+        row = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
+        if row is None:
+            raise NotFoundError(f"no flow {flow_id}")
+        return _flow_json(row)
+
+    async def list_flows(
+        self, status: str | None = None, root: str | None = None, quota: str = "/", limit: int = 500,
+        roots_only: bool = False,
+    ) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM flows WHERE 1 = 1"
+        params: list[Any] = []
+        if status:
+            sql += " AND status = ?"
+            params.append(status)
+        if root:
+            sql += " AND root = ?"
+            params.append(root)
+        if roots_only:
+            sql += " AND parent IS NULL"
+        sql += " ORDER BY created DESC LIMIT ?"
+        params.append(limit)
+        rows = await self._all(sql, *params)
+        return [_flow_json(r) for r in rows if _under(r["quota"], quota)]
+
+    async def get_journal(self, flow_id: str) -> list[JournalEntry]:
+        rows = await self._all("SELECT * FROM journal WHERE flow_id = ? ORDER BY seq", flow_id)
+        return [_entry(r) for r in rows]
+
+    async def events_after(self, after: int, root: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        if root:
+            rows = await self._all(
+                "SELECT * FROM events WHERE root = ? AND id > ? ORDER BY id LIMIT ?", root, after, limit
+            )
+        else:
+            rows = await self._all("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", after, limit)
+        return [
+            {**_loads(r["data"]), "id": r["id"], "flow_id": r["flow_id"], "root": r["root"], "type": r["kind"],
+             "at": r["at"]}
+            for r in rows
+        ]
+
+    async def cancel_flow(self, flow_id: str, reason: str = "cancelled") -> list[str]:
+        """Cancel a flow and its unfinished descendants; returns the ids cancelled."""
+        async with self.write() as db:
+            row = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
+            if row is None:
+                raise NotFoundError(f"no flow {flow_id}")
+            ids = [r["id"] for r in await self._all(
+                "WITH RECURSIVE tree(id) AS (SELECT ? UNION ALL SELECT f.id FROM flows f JOIN tree ON f.parent = tree.id) "
+                "SELECT flows.id FROM flows JOIN tree USING (id) WHERE flows.status NOT IN ('completed', 'failed', 'cancelled')",
+                flow_id,
+            )]
+            for fid in ids:
+                await self._finish(db, fid, "cancelled", error={"message": reason, "traceback": ""})
+            return ids
+
+    async def send_message(self, flow_id: str, inbox: str, value: Any, sender: str) -> int:
+        async with self.write() as db:
+            row = await self._one("SELECT status FROM flows WHERE id = ?", flow_id)
+            if row is None:
+                raise NotFoundError(f"no flow {flow_id}")
+            message_id = await self._insert_message(db, flow_id, inbox, value, sender)
+            await self._deliver(db, flow_id, inbox)
+            return message_id
+
+    async def _insert_message(self, db: aiosqlite.Connection, flow_id: str, inbox: str, value: Any, sender: str) -> int:
+        self.notes.add(("inbox",))
+        cursor = await db.execute(
+            "INSERT INTO messages (flow_id, inbox, value, sender, created) VALUES (?, ?, ?, ?, ?)",
+            (flow_id, inbox, _dumps(value), sender, time.time()),
+        )
+        return int(cursor.lastrowid or 0)
+
+    async def add_injection(self, flow_id: str, action: str, seconds: float = 0.0) -> None:
+        async with self.write() as db:
+            if await self._one("SELECT 1 FROM flows WHERE id = ?", flow_id) is None:
+                raise NotFoundError(f"no flow {flow_id}")
+            await db.execute(
+                "INSERT INTO injections (flow_id, action, seconds, created) VALUES (?, ?, ?, ?)",
+                (flow_id, action, seconds, time.time()),
+            )
+
+    # -- worker side ----------------------------------------------------------------------------
+
+    async def claim(self, worker: str, limit: int) -> list[dict[str, Any]]:
+        """Lease up to ``limit`` runnable flows to ``worker``; returns their tasks with journals."""
+        now = time.time()
+        async with self.write() as db:
+            rows = await self._all(
+                "SELECT * FROM flows WHERE runnable = 1 AND lease_owner IS NULL ORDER BY created LIMIT ?", limit
+            )
+            tasks = []
+            for row in rows:
+                epoch = row["lease_epoch"] + 1
+                await db.execute(
+                    "UPDATE flows SET lease_owner = ?, lease_expires = ?, lease_epoch = ?, runnable = 0, "
+                    "status = 'running', updated = ? WHERE id = ?",
+                    (worker, now + LEASE_SECONDS, epoch, now, row["id"]),
+                )
+                entries = [e.to_json() for e in await self.get_journal(row["id"])]
+                await self._event(db, row["id"], row["root"], "flow",
+                                  {"status": "running", "worker": worker, "replay": len(entries), "name": row["name"]})
+                task = _flow_json(row)
+                task.update(lease=f"{worker}:{epoch}", epoch=epoch, journal=entries, status="running")
+                tasks.append(task)
+            return tasks
+
+    async def _check_lease(self, flow_id: str, worker: str, epoch: int) -> aiosqlite.Row:
+        row = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
+        if row is None:
+            raise NotFoundError(f"no flow {flow_id}")
+        if row["status"] == "cancelled":
+            raise LeaseLostError("cancelled")
+        if row["lease_owner"] != worker or row["lease_epoch"] != epoch:
+            raise LeaseLostError(f"flow {flow_id} is not leased to {worker} (epoch {epoch})")
+        return row
+
+    async def append(self, flow_id: str, worker: str, epoch: int, entry: JournalEntry) -> dict[str, Any] | None:
+        """Commit a request (and its result when it has one). Returns a result answered in the same transaction."""
+        now = time.time()
+        async with self.write() as db:
+            flow = await self._check_lease(flow_id, worker, epoch)
+            last = await self._one("SELECT MAX(seq) AS seq FROM journal WHERE flow_id = ?", flow_id)
+            expected = (last["seq"] or 0) + 1
+            if entry.seq != expected:
+                raise LeaseLostError(f"journal of {flow_id} is at {expected - 1}; refusing entry {entry.seq}")
+            result = entry.result
+            deadline = None
+            injected = await self._one(
+                "SELECT * FROM injections WHERE flow_id = ? AND used_seq IS NULL ORDER BY id LIMIT 1", flow_id
+            )
+            if injected is not None and injected["action"] == "fail" and entry.kind != "print":
+                result = jr.err(f"injected failure (flowmetal failure injection on {entry.kind})")
+                await db.execute("UPDATE injections SET used_seq = ? WHERE id = ?", (entry.seq, injected["id"]))
+            elif entry.kind in ("sleep",):
+                deadline = now + max(float(entry.args.get("seconds") or 0), 0.0)
+            elif entry.kind in ("receive", "wait") and entry.args.get("timeout") is not None:
+                deadline = now + max(float(entry.args["timeout"]), 0.0)
+            await db.execute(
+                "INSERT INTO journal (flow_id, seq, kind, args, hash, callsite, result, requested_at, answered_at, "
+                "worker, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (flow_id, entry.seq, entry.kind, _dumps(entry.args), entry.hash, entry.callsite,
+                 None if result is None else _dumps(result), entry.requested_at or now,
+                 None if result is None else now, worker, deadline),
+            )
+            await self._event(db, flow_id, flow["root"], "request", {
+                "seq": entry.seq, "kind": entry.kind, "args": entry.args, "callsite": entry.callsite,
+                "worker": worker, "name": flow["name"],
+            })
+            if result is not None:
+                await self._answered_event(db, flow, entry.seq, entry.kind, entry.args, result)
+                self.notes.add(("result", flow_id, entry.seq))
+                return result
+            if entry.kind == "run":
+                result = await self._start_child(db, flow, entry.args)
+            elif entry.kind == "send":
+                result = await self._send_from_flow(db, flow, entry.args)
+            elif entry.kind == "wait":
+                result = await self._wait_result(db, entry.args, timed_out=False)
+            elif entry.kind == "receive":
+                result = await self._receive_result(db, flow_id, entry.seq, entry.args["inbox"])
+            elif entry.kind == "sleep" and deadline is not None and deadline <= now:
+                result = jr.ok(None)
+            if result is not None:
+                await self._set_result(db, flow, entry.seq, entry.kind, entry.args, result)
+            elif entry.kind == "http":
+                self.notes.add(("requests", "http"))
+            if deadline is not None and result is None:
+                self.notes.add(("deadlines",))
+            return result
+
+    async def _answered_event(self, db: aiosqlite.Connection, flow: aiosqlite.Row, seq: int, kind: str,
+                              args: Any, result: dict[str, Any]) -> None:
+        data = {"seq": seq, "kind": kind, "ok": bool(result.get("ok")), "error": result.get("error"),
+                "name": flow["name"]}
+        if kind == "print":
+            data["text"] = args.get("text", "") if isinstance(args, dict) else ""
+        await self._event(db, flow["id"], flow["root"], "log" if kind == "print" else "result", data)
+
+    async def _set_result(self, db: aiosqlite.Connection, flow: aiosqlite.Row, seq: int, kind: str, args: Any,
+                          result: dict[str, Any]) -> bool:
+        """Record a result once; wakes a suspended flow. Returns False when it was already answered."""
+        cursor = await db.execute(
+            "UPDATE journal SET result = ?, answered_at = ?, executor_expires = NULL "
+            "WHERE flow_id = ? AND seq = ? AND result IS NULL",
+            (_dumps(result), time.time(), flow["id"], seq),
+        )
+        if cursor.rowcount != 1:
+            return False
+        self.notes.add(("result", flow["id"], seq))
+        self.notes.add(("runnable",))
+        await self._answered_event(db, flow, seq, kind, args, result)
+        await db.execute(
+            "UPDATE flows SET status = 'pending', runnable = 1, resumes = resumes + 1, updated = ? "
+            "WHERE id = ? AND status = 'waiting'",
+            (time.time(), flow["id"]),
+        )
+        return True
+
+    async def record_result(self, flow_id: str, seq: int, result: dict[str, Any], executor: str | None = None) -> bool:
+        """A connector's answer. Refused (False) when already answered or no longer held by ``executor``."""
+        async with self.write() as db:
+            row = await self._one("SELECT * FROM journal WHERE flow_id = ? AND seq = ?", flow_id, seq)
+            if row is None or row["result"] is not None:
+                return False
+            if executor is not None and row["executor"] != executor:
+                return False
+            flow = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
+            return await self._set_result(db, flow, seq, row["kind"], _loads(row["args"]), result)
+
+    async def _start_child(self, db: aiosqlite.Connection, parent: aiosqlite.Row, args: dict[str, Any]) -> dict[str, Any]:
+        spec = args["flow"]
+        child_id = new_id()
+        now = time.time()
+        entry = {"module": spec["module"], "function": spec["function"]}
+        await db.execute(
+            "INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, created, "
+            "updated, runnable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 1)",
+            (child_id, parent["id"], parent["root"], spec["name"], parent["bundle"], _dumps(entry),
+             _dumps(args.get("args") or {}), parent["quota"], parent["username"], now, now),
+        )
+        await self._event(db, child_id, parent["root"], "flow",
+                          {"status": "pending", "name": spec["name"], "parent": parent["id"]})
+        self.notes.add(("runnable",))
+        return jr.ok({"flow_id": child_id, "flow": spec["name"]})
+
+    async def _send_from_flow(self, db: aiosqlite.Connection, flow: aiosqlite.Row, args: dict[str, Any]) -> dict[str, Any]:
+        target = await self._one("SELECT id FROM flows WHERE id = ?", args["flow_id"])
+        if target is None:
+            return jr.err(f"send: no flow {args['flow_id']}")
+        await self._insert_message(db, args["flow_id"], args.get("inbox", "_stdin"), args.get("value"), flow["id"])
+        await self._deliver(db, args["flow_id"], args.get("inbox", "_stdin"))
+        return jr.ok(None)
+
+    async def _wait_result(self, db: aiosqlite.Connection, args: dict[str, Any], timed_out: bool) -> dict[str, Any] | None:
+        results = []
+        for task in args.get("tasks") or []:
+            child_id = task.get("flow_id") if isinstance(task, dict) else None
+            child = await self._one("SELECT * FROM flows WHERE id = ?", child_id) if child_id else None
+            if child is None:
+                results.append(jr.err(f"wait: {task!r} is not a task"))
+            elif child["status"] == "completed":
+                results.append(jr.ok(_loads(child["result"])))
+            elif child["status"] in ("failed", "cancelled"):
+                error = _loads(child["error"]) or {}
+                verb = "failed" if child["status"] == "failed" else "was cancelled"
+                results.append(jr.err(f"flow {child['name']} ({child_id}) {verb}: {error.get('message', '')}",
+                                      error.get("traceback", "")))
+            elif timed_out:
+                results.append(jr.err(f"timeout waiting for flow {child['name']} ({child_id})"))
+            else:
+                return None
+        return jr.ok(results)
+
+    async def _receive_result(self, db: aiosqlite.Connection, flow_id: str, seq: int, inbox: str) -> dict[str, Any] | None:
+        message = await self._one(
+            "SELECT * FROM messages WHERE flow_id = ? AND inbox = ? AND consumed_seq IS NULL ORDER BY id LIMIT 1",
+            flow_id, inbox,
+        )
+        if message is None:
+            return None
+        await db.execute("UPDATE messages SET consumed_seq = ? WHERE id = ?", (seq, message["id"]))
+        return jr.ok(_loads(message["value"]))
+
+    async def _deliver(self, db: aiosqlite.Connection, flow_id: str, inbox: str) -> None:
+        """Hand waiting messages to the flow's open receive on that inbox (in order, once)."""
+        flow = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
+        for row in await self._all(
+            "SELECT seq, args FROM journal WHERE flow_id = ? AND kind = 'receive' AND result IS NULL ORDER BY seq",
+            flow_id,
+        ):
+            args = _loads(row["args"])
+            if args.get("inbox", "_stdin") != inbox:
+                continue
+            result = await self._receive_result(db, flow_id, row["seq"], inbox)
+            if result is None:
+                return
+            await self._set_result(db, flow, row["seq"], "receive", args, result)
+
+    async def deliver_pending(self) -> int:
+        """Match every open receive with waiting messages (the inbox connector's sweep)."""
+        pairs = await self._all(
+            "SELECT DISTINCT j.flow_id, m.inbox FROM journal j JOIN messages m ON m.flow_id = j.flow_id "
+            "WHERE j.kind = 'receive' AND j.result IS NULL AND m.consumed_seq IS NULL"
+        )
+        if not pairs:
+            return 0
+        async with self.write() as db:
+            for row in pairs:
+                await self._deliver(db, row["flow_id"], row["inbox"])
+        return len(pairs)
+
+    async def result_of(self, flow_id: str, seq: int) -> tuple[dict[str, Any] | None, str]:
+        """An entry's result (or None) and the flow's status."""
+        row = await self._one(
+            "SELECT j.result, f.status FROM journal j JOIN flows f ON f.id = j.flow_id WHERE j.flow_id = ? AND j.seq = ?",
+            flow_id, seq,
+        )
+        if row is None:
+            raise NotFoundError(f"no journal entry {flow_id}/{seq}")
+        return _loads(row["result"]), row["status"]
+
+    async def finish(self, flow_id: str, worker: str, epoch: int, status: str, result: Any = None,
+                     error: dict[str, Any] | None = None) -> None:
+        async with self.write() as db:
+            await self._check_lease(flow_id, worker, epoch)
+            await self._finish(db, flow_id, status, result, error)
+
+    async def _finish(self, db: aiosqlite.Connection, flow_id: str, status: str, result: Any = None,
+                      error: dict[str, Any] | None = None) -> None:
+        now = time.time()
+        await db.execute(
+            "UPDATE flows SET status = ?, result = ?, error = ?, finished = ?, updated = ?, lease_owner = NULL, "
+            "lease_expires = NULL, runnable = 0 WHERE id = ?",
+            (status, _dumps(result), None if error is None else _dumps(error), now, now, flow_id),
+        )
+        flow = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
+        await self._event(db, flow_id, flow["root"], "flow", {
+            "status": status, "name": flow["name"], "parent": flow["parent"], "result": result, "error": error,
+        })
+        self.notes.add(("finished", flow_id))
+        if flow["parent"] is None:
+            return
+        parent = await self._one("SELECT * FROM flows WHERE id = ?", flow["parent"])
+        for row in await self._all(
+            "SELECT seq, args FROM journal WHERE flow_id = ? AND kind = 'wait' AND result IS NULL", parent["id"]
+        ):
+            args = _loads(row["args"])
+            if any(isinstance(t, dict) and t.get("flow_id") == flow_id for t in args.get("tasks") or []):
+                resolved = await self._wait_result(db, args, timed_out=False)
+                if resolved is not None:
+                    await self._set_result(db, parent, row["seq"], "wait", args, resolved)
+
+    async def suspend(self, flow_id: str, worker: str, epoch: int) -> None:
+        """Release a flow that waits on a slow action; it becomes runnable again when a result lands."""
+        async with self.write() as db:
+            flow = await self._check_lease(flow_id, worker, epoch)
+            open_rows = await self._all("SELECT seq FROM journal WHERE flow_id = ? AND result IS NULL", flow_id)
+            runnable = 0 if open_rows else 1
+            await db.execute(
+                "UPDATE flows SET status = ?, lease_owner = NULL, lease_expires = NULL, runnable = ?, updated = ? "
+                "WHERE id = ?",
+                ("waiting" if open_rows else "pending", runnable, time.time(), flow_id),
+            )
+            await self._event(db, flow_id, flow["root"], "flow", {"status": "waiting", "name": flow["name"]})
+            if runnable:
+                self.notes.add(("runnable",))
+
+    async def heartbeat(self, worker: str, flow_ids: list[str]) -> list[str]:
+        """Extend the worker's leases; returns the held flows it must stop (cancelled or lost)."""
+        now = time.time()
+        async with self.write() as db:
+            await db.execute(
+                "UPDATE flows SET lease_expires = ? WHERE lease_owner = ?", (now + LEASE_SECONDS, worker)
+            )
+        if not flow_ids:
+            return []
+        marks = ",".join("?" * len(flow_ids))
+        held = {r["id"] for r in await self._all(
+            f"SELECT id FROM flows WHERE id IN ({marks}) AND lease_owner = ?", *flow_ids, worker
+        )}
+        return [fid for fid in flow_ids if fid not in held]
+
+    async def release_worker(self, worker: str, reason: str) -> int:
+        """A worker is gone: its flows become runnable at once (another worker replays them)."""
+        async with self.write() as db:
+            rows = await self._all("SELECT id, root, name FROM flows WHERE lease_owner = ?", worker)
+            for row in rows:
+                await db.execute(
+                    "UPDATE flows SET lease_owner = NULL, lease_expires = NULL, runnable = 1, status = 'pending', "
+                    "updated = ? WHERE id = ?",
+                    (time.time(), row["id"]),
+                )
+                await self._event(db, row["id"], row["root"], "flow",
+                                  {"status": "pending", "name": row["name"], "lease_lost": worker, "reason": reason})
+                self.notes.add(("runnable",))
+            return len(rows)
+
+    async def release_executor(self, executor: str) -> int:
+        """A connector is gone: every request it held without a result is declared failed (interrupted)."""
+        rows = await self._all(
+            "SELECT flow_id, seq FROM journal WHERE executor = ? AND result IS NULL", executor
+        )
+        for row in rows:
+            await self.record_result(row["flow_id"], row["seq"], jr.err(jr.INTERRUPTED))
+        return len(rows)
+
+    async def reap(self) -> None:
+        """Expire leases: flows of silent workers become runnable, requests of silent connectors fail."""
+        now = time.time()
+        for row in await self._all(
+            "SELECT DISTINCT lease_owner FROM flows WHERE lease_owner IS NOT NULL AND lease_expires < ?", now
+        ):
+            await self.release_worker(row["lease_owner"], "lease expired")
+        for row in await self._all(
+            "SELECT flow_id, seq FROM journal WHERE result IS NULL AND executor IS NOT NULL AND executor_expires < ?",
+            now,
+        ):
+            await self.record_result(row["flow_id"], row["seq"], jr.err(jr.INTERRUPTED))
+
+    # -- connectors ---------------------------------------------------------------------------
+
+    async def claim_requests(self, kind: str, executor: str, limit: int) -> list[dict[str, Any]]:
+        """Lease open requests of ``kind`` to a connector, each for its timeout plus a grace period."""
+        now = time.time()
+        async with self.write() as db:
+            rows = await self._all(
+                "SELECT flow_id, seq, args FROM journal WHERE kind = ? AND result IS NULL AND executor IS NULL "
+                "ORDER BY requested_at LIMIT ?",
+                kind, limit,
+            )
+            claimed = []
+            for row in rows:
+                args = _loads(row["args"])
+                expires = now + float(args.get("timeout") or 30) + EXECUTOR_GRACE
+                await db.execute(
+                    "UPDATE journal SET executor = ?, executor_expires = ? WHERE flow_id = ? AND seq = ?",
+                    (executor, expires, row["flow_id"], row["seq"]),
+                )
+                claimed.append({"flow_id": row["flow_id"], "seq": row["seq"], "args": args})
+            return claimed
+
+    async def open_deadlines(self) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT flow_id, seq, kind, deadline FROM journal WHERE result IS NULL AND deadline IS NOT NULL "
+            "ORDER BY deadline"
+        )
+        return [dict(r) for r in rows]
+
+    async def fire_deadline(self, flow_id: str, seq: int) -> bool:
+        """A timer reached its deadline: a sleep ends, a receive or wait times out."""
+        async with self.write() as db:
+            row = await self._one("SELECT * FROM journal WHERE flow_id = ? AND seq = ?", flow_id, seq)
+            if row is None or row["result"] is not None or row["deadline"] is None:
+                return False
+            if row["deadline"] > time.time() + 0.001:
+                return False
+            args = _loads(row["args"])
+            if row["kind"] == "sleep":
+                result: dict[str, Any] | None = jr.ok(None)
+            elif row["kind"] == "wait":
+                result = await self._wait_result(db, args, timed_out=True)
+            else:
+                result = jr.err(f"timeout: no message on inbox {args.get('inbox', '_stdin')} within {args.get('timeout')} s")
+            flow = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
+            return await self._set_result(db, flow, seq, row["kind"], args, result or jr.err("timeout"))
+
+
+def _under(quota: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/")
+    return not prefix or quota == prefix or quota.startswith(prefix + "/")
+
+
+def _flow_json(row: aiosqlite.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"], "parent": row["parent"], "root": row["root"], "flow": row["name"], "bundle": row["bundle"],
+        "entry": _loads(row["entry"]), "args": _loads(row["args"]), "quota": row["quota"],
+        "username": row["username"], "status": row["status"], "result": _loads(row["result"]),
+        "error": _loads(row["error"]), "created": row["created"], "updated": row["updated"],
+        "finished": row["finished"], "worker": row["lease_owner"], "resumes": row["resumes"],
+    }
+
+
+def _entry(row: aiosqlite.Row) -> JournalEntry:
+    return JournalEntry(
+        seq=row["seq"], kind=row["kind"], args=_loads(row["args"]), hash=row["hash"], callsite=row["callsite"],
+        result=_loads(row["result"]), requested_at=row["requested_at"], answered_at=row["answered_at"],
+        worker=row["worker"],
+    )

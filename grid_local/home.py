@@ -1,0 +1,54 @@
+"""Where a local grid keeps its state: ``$FLOWMETAL_HOME`` (default: the user's data directory)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+
+def flowmetal_home() -> Path:
+    configured = os.environ.get("FLOWMETAL_HOME")
+    return Path(configured).expanduser() if configured else Path(platformdirs.user_data_dir("flowmetal"))
+
+
+@dataclass(frozen=True)
+class GridPaths:
+    home: Path
+
+    @classmethod
+    def current(cls) -> "GridPaths":
+        return cls(flowmetal_home())
+
+    @property
+    def db(self) -> Path:
+        return self.home / "flow.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def state(self) -> Path:
+        """The running supervisor's description of the grid (pid, URLs, processes)."""
+        return self.home / "grid.json"
+
+    @property
+    def tokens(self) -> Path:
+        return self.home / "tokens.toml"
+
+    def read_state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.state.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        temporary = self.state.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state, indent=2))
+        temporary.replace(self.state)

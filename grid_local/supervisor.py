@@ -1,0 +1,253 @@
+"""The local grid's supervisor: starts the APIs, workers and connectors as OS processes and keeps them up.
+
+A child that dies is restarted with backoff, and the Worker API is told at once so that the
+dead worker's flows are replayed elsewhere (and a dead connector's in-flight requests declared
+interrupted) without waiting for lease expiry. The supervisor publishes the grid's URLs and
+processes in ``$FLOWMETAL_HOME/grid.json``; it holds ``grid.lock`` while it runs, and children
+are bound to it with PR_SET_PDEATHSIG so none outlives it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from grid_local.home import GridPaths
+
+RESTART_BACKOFF_MAX = 5.0
+STABLE_AFTER = 10.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL it when the supervisor dies, however it dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    os.setpgid(0, 0)
+
+
+@dataclass
+class Child:
+    role: str
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    restarts: int = 0
+    backoff: float = 0.1
+    restart_at: float | None = None
+    log: IO[bytes] | None = None
+
+    @property
+    def ident(self) -> str:
+        """How the Worker API knows this incarnation (workers' lease owner, connectors' executor)."""
+        return f"{self.name}.{self.process.pid}" if self.process else self.name
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "role": self.role, "name": self.name, "pid": self.process.pid if self.process else None,
+            "id": self.ident, "started": self.started, "restarts": self.restarts,
+        }
+
+
+class Supervisor:
+    def __init__(self, paths: GridPaths, workers: int, host: str, client_port: int, tokens: Path | None) -> None:
+        self.paths = paths
+        self.workers = workers
+        self.host = host
+        self.client_port = client_port or free_port(host if host != "0.0.0.0" else "127.0.0.1")
+        self.worker_port = free_port()
+        self.tokens = tokens
+        self.children: list[Child] = []
+        self.stopping = False
+        self.client_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.client_port}"
+        self.worker_url = f"http://127.0.0.1:{self.worker_port}"
+        self._lock_file: IO[str] | None = None
+        self.api = httpx.Client(base_url=self.worker_url, timeout=5.0)
+
+    def log(self, message: str) -> None:
+        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor: {message}", file=sys.stderr, flush=True)
+
+    def acquire_lock(self) -> bool:
+        self.paths.home.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.paths.home / "grid.lock", "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def plan(self) -> None:
+        python = sys.executable
+        home = str(self.paths.home)
+        client = [python, "-m", "grid_local.api.serve", "client", "--home", home, "--host", self.host,
+                  "--port", str(self.client_port)]
+        if self.tokens:
+            client += ["--tokens", str(self.tokens)]
+        self.children = [
+            Child("worker-api", "worker-api",
+                  [python, "-m", "grid_local.api.serve", "worker", "--home", home, "--port", str(self.worker_port)]),
+            Child("client-api", "client-api", client),
+        ]
+        for number in range(1, self.workers + 1):
+            self.children.append(Child("worker", f"worker-{number}",
+                                       [python, "-m", "grid_local.worker.main", "--api", self.worker_url,
+                                        "--name", f"worker-{number}"]))
+        for role in ("clock", "http", "inbox"):
+            self.children.append(Child(f"connector:{role}", role,
+                                       [python, "-m", f"grid_local.connectors.{role}", "--api", self.worker_url,
+                                        "--name", role]))
+
+    def spawn(self, child: Child) -> None:
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        if child.log is None:
+            child.log = open(self.paths.logs / f"{child.name}.log", "ab")
+        env = {**os.environ, **child.env, "PYTHONUNBUFFERED": "1"}
+        child.process = subprocess.Popen(
+            child.argv, stdout=child.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            preexec_fn=_die_with_parent,
+        )
+        child.started = time.time()
+        child.restart_at = None
+
+    def wait_healthy(self, url: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=1.0).status_code in (200, 401):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{url} did not become healthy within {timeout:g} s")
+
+    def publish(self, status: str) -> None:
+        self.paths.write_state({
+            "status": status, "pid": os.getpid(), "url": self.client_url, "worker_url": self.worker_url,
+            "db": str(self.paths.db), "home": str(self.paths.home), "auth": bool(self.tokens),
+            "processes": [
+                {"role": "supervisor", "name": "supervisor", "pid": os.getpid(), "id": "supervisor",
+                 "started": self._started, "restarts": 0},
+                *[child.describe() for child in self.children],
+            ],
+        })
+
+    def start(self) -> None:
+        self._started = time.time()
+        self.plan()
+        apis = self.children[:2]
+        for child in apis:
+            self.spawn(child)
+        self.wait_healthy(self.worker_url)
+        self.wait_healthy(self.client_url)
+        for child in self.children[2:]:
+            self.spawn(child)
+        self.publish("ready")
+        self.log(f"grid up: client API {self.client_url}, worker API {self.worker_url}, db {self.paths.db}")
+
+    def on_exit(self, child: Child, code: int) -> None:
+        """A child died: tell the Worker API, then schedule the restart with backoff."""
+        ident = child.ident
+        self.log(f"{child.name} (pid {child.process.pid if child.process else '?'}) exited with {code}")
+        try:
+            if child.role == "worker":
+                self.api.post(f"/v1/workers/{ident}/gone")
+            elif child.role.startswith("connector:"):
+                self.api.post(f"/v1/connectors/{ident}/gone")
+        except httpx.HTTPError as exc:
+            self.log(f"could not report {ident} gone: {exc}")
+        ran = time.time() - child.started
+        child.backoff = 0.1 if ran > STABLE_AFTER else min(child.backoff * 2, RESTART_BACKOFF_MAX)
+        child.restart_at = time.monotonic() + (0.0 if child.role == "worker" and ran > 1.0 else child.backoff)
+        child.process = None
+
+    def loop(self) -> None:
+        while not self.stopping:
+            changed = False
+            for child in self.children:
+                if child.process is not None:
+                    code = child.process.poll()
+                    if code is not None:
+                        self.on_exit(child, code)
+                        changed = True
+                elif child.restart_at is not None and time.monotonic() >= child.restart_at:
+                    child.restarts += 1
+                    self.spawn(child)
+                    self.log(f"restarted {child.name} as pid {child.process.pid if child.process else '?'} "
+                             f"(restart {child.restarts})")
+                    changed = True
+            if changed:
+                self.publish("ready")
+            time.sleep(0.02)
+
+    def shutdown(self) -> None:
+        self.stopping = True
+        # Workers and connectors first, the APIs last.
+        for group in (self.children[2:], self.children[:2]):
+            for child in group:
+                if child.process and child.process.poll() is None:
+                    child.process.terminate()
+            deadline = time.monotonic() + 5.0
+            for child in group:
+                if child.process is None:
+                    continue
+                try:
+                    child.process.wait(max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait()
+        for child in self.children:
+            if child.log:
+                child.log.close()
+        self.paths.state.unlink(missing_ok=True)
+        self.log("grid down")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="flowmetal-supervisor")
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tokens", type=Path, default=None)
+    options = parser.parse_args(argv)
+    supervisor = Supervisor(GridPaths(options.home), options.workers, options.host, options.port, options.tokens)
+    if not supervisor.acquire_lock():
+        print(f"error: a grid is already running for {options.home}", file=sys.stderr)
+        sys.exit(2)
+
+    def stop(*_: Any) -> None:
+        supervisor.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        supervisor.start()
+        supervisor.loop()
+    except Exception as exc:
+        supervisor.log(f"failed: {exc}")
+        supervisor.shutdown()
+        sys.exit(1)
+    supervisor.shutdown()
+
+
+if __name__ == "__main__":
+    main()
