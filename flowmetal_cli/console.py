@@ -37,3 +37,32 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 def print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The documented exit code for an expected error."""
+    from grid_local.errors import ArgumentError, BundleError, ScriptError
+
+    code = getattr(exc, "exit_code", None)
+    if isinstance(code, int):
+        return code
+    if isinstance(exc, (BundleError, ScriptError, ArgumentError)):
+        return EXIT_USAGE
+    if type(exc).__name__ == "ContextError":
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+class edge:
+    """``with edge():`` turns expected errors into one line on stderr and their exit code."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        from grid_local.errors import FlowmetalError
+
+        if isinstance(exc, FlowmetalError):
+            error(str(exc))
+            raise typer.Exit(exit_code_of(exc))
+        return False

@@ -52,3 +52,20 @@ class GridPaths:
         temporary = self.state.with_suffix(".tmp")
         temporary.write_text(json.dumps(state, indent=2))
         temporary.replace(self.state)
+
+
+def pid_alive(pid: object) -> bool:
+    """True when ``pid`` runs (a zombie, exited but not yet reaped, does not count)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True

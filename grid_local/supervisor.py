@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import httpx
 
-from grid_local.home import GridPaths
+from grid_local.home import GridPaths, pid_alive
 
 RESTART_BACKOFF_MAX = 5.0
 STABLE_AFTER = 10.0
@@ -218,7 +218,64 @@ class Supervisor:
             if child.log:
                 child.log.close()
         self.paths.state.unlink(missing_ok=True)
+        (self.paths.home / "grid.lock").unlink(missing_ok=True)
         self.log("grid down")
+
+
+def running_state(paths: GridPaths) -> dict[str, Any] | None:
+    """The published state of the grid running for ``paths``, or None (a stale file is ignored)."""
+    state = paths.read_state()
+    if not state or state.get("status") != "ready":
+        return None
+    return state if pid_alive(state.get("pid")) else None
+
+
+def start_background(
+    paths: GridPaths, workers: int | None = None, listen: str | None = None, tokens: Path | None = None,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """Start a supervisor detached from this process and wait until its grid is ready."""
+    argv = [sys.executable, "-m", "grid_local.supervisor", "--home", str(paths.home)]
+    if workers:
+        argv += ["--workers", str(workers)]
+    if listen:
+        host, _, port = listen.rpartition(":")
+        argv += ["--host", host or "127.0.0.1", "--port", port]
+    if tokens:
+        argv += ["--tokens", str(tokens.resolve())]
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    with open(paths.logs / "supervisor.log", "ab") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = running_state(paths)
+        if state and state["pid"] == process.pid:
+            return state
+        code = process.poll()
+        if code is not None:
+            tail = (paths.logs / "supervisor.log").read_text(errors="replace").strip().splitlines()[-1:]
+            raise RuntimeError(f"the grid supervisor exited with {code}: {' '.join(tail)}")
+        time.sleep(0.05)
+    raise RuntimeError(f"the grid did not start within {timeout:g} s (see {paths.logs / 'supervisor.log'})")
+
+
+def stop_background(paths: GridPaths, timeout: float = 20.0) -> bool:
+    """Stop the grid running for ``paths``; returns False when none was running."""
+    state = running_state(paths)
+    if state is None:
+        paths.state.unlink(missing_ok=True)
+        return False
+    pid = int(state["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    os.killpg(pid, signal.SIGKILL)
+    paths.state.unlink(missing_ok=True)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:

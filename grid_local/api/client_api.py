@@ -27,7 +27,7 @@ from grid_local.api.notify import Notifier, wait_for, watch_other_writers
 from grid_local.bundle_format import MAX_BUNDLE_BYTES, read_bundle
 from grid_local.db.store import FINISHED, FlowStore
 from grid_local.errors import ArgumentError, BundleError, NotFoundError
-from grid_local.home import GridPaths
+from grid_local.home import GridPaths, pid_alive
 from grid_local.runtime.journal import check_json
 
 MAX_JSON_BODY = 1024 * 1024
@@ -264,7 +264,7 @@ class ClientApi:
             found = []
             for process in state.get("processes", []):
                 process = dict(process)
-                process["alive"] = _alive(process.get("pid"))
+                process["alive"] = pid_alive(process.get("pid"))
                 process["flows"] = counts.get(process.get("id", ""), 0)
                 found.append(process)
             return {"processes": found}
@@ -307,23 +307,6 @@ class ClientApi:
             return _under((await self.db.get_flow(event["root"]))["quota"], who.quota)
         except NotFoundError:
             return False
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by the supervisor) is not alive.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def create_app(paths: GridPaths, tokens_file: Path | None = None) -> FastAPI:

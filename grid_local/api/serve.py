@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 from pathlib import Path
 
 import uvicorn
@@ -29,9 +27,9 @@ def main(argv: list[str] | None = None) -> None:
         from grid_local.api.worker_api import create_app as create_worker_app
 
         app = create_worker_app(paths.db)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning", access_log=False,
-                loop="uvloop", http="httptools", backlog=2048, timeout_keep_alive=120)
+                loop="uvloop", http="httptools", backlog=2048, timeout_keep_alive=120,
+                timeout_graceful_shutdown=1)
 
 
 if __name__ == "__main__":

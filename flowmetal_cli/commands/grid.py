@@ -1,0 +1,104 @@
+"""`flowmetal grid up|down|status`: the local grid's lifecycle."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flowmetal_cli import console
+from flowmetal_cli.client import GridClient, GridUnreachable
+from grid_local.home import GridPaths, pid_alive
+from grid_local.supervisor import main as supervisor_main
+from grid_local.supervisor import running_state, start_background, stop_background
+
+grid_app = typer.Typer(help="Start, stop and inspect the local grid.", no_args_is_help=True)
+
+
+@grid_app.command("up")
+def up(
+    workers: Annotated[int, typer.Option("--workers", "-n", min=1, max=64, help="Worker processes.")] = os.cpu_count() or 2,
+    foreground: Annotated[bool, typer.Option("--foreground", help="Run the supervisor in this terminal.")] = False,
+    listen: Annotated[str | None, typer.Option("--listen", help="Serve the Client API on HOST:PORT (a shared grid).")] = None,
+    tokens: Annotated[Path | None, typer.Option("--tokens", help="TOML file of bearer tokens: [tokens.\"<t>\"] user, quota.", exists=True, dir_okay=False)] = None,
+) -> None:
+    """Start the local grid (APIs, workers, connectors) under $FLOWMETAL_HOME.
+
+    Examples:
+
+      flowmetal grid up
+
+      flowmetal grid up --workers 4 --foreground
+
+      flowmetal grid up --listen 127.0.0.1:8470 --tokens tokens.toml
+    """
+    paths = GridPaths.current()
+    if listen and (":" not in listen or not listen.rpartition(":")[2].isdigit()):
+        console.fail(f"--listen takes HOST:PORT, not '{listen}'", console.EXIT_USAGE)
+    if listen and not tokens and not listen.startswith("127."):
+        console.fail("a grid listening beyond loopback needs --tokens", console.EXIT_USAGE)
+    state = running_state(paths)
+    if state is not None:
+        typer.echo(f"a grid is already running at {state['url']} (home {paths.home})")
+        return
+    if foreground:
+        argv = ["--home", str(paths.home), "--workers", str(workers)]
+        if listen:
+            host, _, port = listen.rpartition(":")
+            argv += ["--host", host, "--port", port]
+        if tokens:
+            argv += ["--tokens", str(tokens.resolve())]
+        supervisor_main(argv)
+        return
+    try:
+        state = start_background(paths, workers=workers, listen=listen, tokens=tokens)
+    except RuntimeError as exc:
+        console.fail(str(exc), console.EXIT_UNREACHABLE)
+    typer.echo(f"grid up at {state['url']} (home {paths.home}, {workers} workers)")
+
+
+@grid_app.command("down")
+def down() -> None:
+    """Stop the local grid: every process, cleanly; no pid or lock files are left behind."""
+    paths = GridPaths.current()
+    if stop_background(paths):
+        typer.echo("grid down")
+    else:
+        typer.echo(f"no grid was running for {paths.home}")
+
+
+@grid_app.command("status")
+def status(json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Each process of the local grid, with its pid and whether it is alive."""
+    paths = GridPaths.current()
+    state = running_state(paths)
+    if state is None:
+        if json_output:
+            console.print_json({"running": False, "home": str(paths.home), "db": str(paths.db), "processes": []})
+        else:
+            typer.echo(f"no grid is running for {paths.home}")
+        raise typer.Exit(console.EXIT_UNREACHABLE)
+    processes = [dict(p, alive=pid_alive(p.get("pid"))) for p in state["processes"]]
+    healthy = True
+    try:
+        with GridClient(state["url"]) as client:
+            client.health()
+    except GridUnreachable:
+        healthy = False
+    except Exception:
+        healthy = True  # a token-protected grid answers 401, which still means it is up
+    report = {"running": True, "url": state["url"], "worker_url": state["worker_url"], "db": state["db"],
+              "home": state["home"], "healthy": healthy, "processes": processes}
+    if json_output:
+        console.print_json(report)
+        return
+    typer.echo(f"grid at {state['url']} ({'healthy' if healthy else 'NOT answering'}), db {state['db']}")
+    for p in processes:
+        mark = "up" if p["alive"] else "DOWN"
+        typer.echo(f"  {p['role']:<16} {p['name']:<12} pid {p['pid']!s:<8} {mark:<5} restarts {p.get('restarts', 0)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(grid_app, name="grid")

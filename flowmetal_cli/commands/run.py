@@ -1,0 +1,108 @@
+"""`flowmetal run`: bundle a script, start it on a grid, stream its output, exit with its outcome."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from flowmetal_cli import console
+from flowmetal_cli.bundle import BuiltBundle, build_bundle
+from flowmetal_cli.client import GridClient
+from flowmetal_cli.connect import connect
+from flowmetal_cli.streaming import follow
+
+ContextOption = Annotated[
+    str | None, typer.Option("--context", "-c", help="Context to use (default: $FLOWMETAL_CONTEXT, else the current one).")
+]
+
+
+def parse_args(pairs: list[str], args_json: str | None) -> dict[str, Any]:
+    """``--arg k=v`` (v read as JSON when it parses, else as a string) merged over ``--args-json``."""
+    args: dict[str, Any] = {}
+    if args_json:
+        try:
+            loaded = json.loads(args_json)
+        except ValueError as exc:
+            raise typer.BadParameter(f"not JSON: {exc}", param_hint="--args-json") from None
+        if not isinstance(loaded, dict):
+            raise typer.BadParameter("must be a JSON object", param_hint="--args-json")
+        args.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"'{pair}' is not KEY=VALUE", param_hint="--arg")
+        try:
+            args[key.strip()] = json.loads(raw)
+        except ValueError:
+            args[key.strip()] = raw
+    return args
+
+
+def upload(client: GridClient, built: BuiltBundle) -> None:
+    """Upload a bundle unless the grid already holds its digest."""
+    if not client.has_bundle(built.digest):
+        client.upload_bundle(built.data, built.digest)
+
+
+def report_outcome(flow: dict[str, Any]) -> int:
+    status = flow["status"]
+    if status == "completed":
+        return console.EXIT_OK
+    error = flow.get("error") or {}
+    console.error(f"flow {flow['flow']} ({flow['id']}) {status}: {error.get('message', '')}")
+    if error.get("traceback"):
+        typer.echo(error["traceback"].rstrip(), err=True)
+    return console.EXIT_FAILED
+
+
+def run_once(file: Path, context: str | None, args: dict[str, Any], detach: bool) -> int:
+    built = build_bundle(file)
+    client = connect(context, autostart=True)
+    upload(client, built)
+    flow = client.start_flow(built.digest, args, name=file.name)
+    if detach:
+        typer.echo(flow["id"])
+        return console.EXIT_OK
+    final, client = follow(client, flow["id"], reconnect=lambda: connect(context, autostart=False))
+    client.close()
+    assert final is not None
+    return report_outcome(final)
+
+
+def run(
+    file: Annotated[Path, typer.Argument(help="The .flow script to run.", show_default=False)],
+    context: ContextOption = None,
+    arg: Annotated[list[str], typer.Option("--arg", "-a", help="A root flow argument KEY=VALUE (repeatable).")] = [],
+    args_json: Annotated[str | None, typer.Option("--args-json", help="Root flow arguments as a JSON object.")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Print the flow id and return at once.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Re-run on every change to the script or what it loads.")] = False,
+) -> None:
+    """Bundle FILE, start it on a grid and stream its output.
+
+    Starts the local grid in the background when none is running. Exit code: 0 when the flow
+    completes, 1 when it fails (error and Starlark traceback on stderr), 2 on usage or bundle
+    errors, 3 when the grid is unreachable, 4 when refused.
+
+    Examples:
+
+      flowmetal run hello.flow
+
+      flowmetal run --arg name=world --arg count=3 job.flow
+
+      flowmetal run --context=prod --detach nightly.flow
+    """
+    args = parse_args(arg, args_json)
+    if watch:
+        from flowmetal_cli.watch import watch_and_run
+
+        with console.edge():
+            raise typer.Exit(watch_and_run(file, context, args))
+    with console.edge():
+        raise typer.Exit(run_once(file, context, args, detach))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)

@@ -1,0 +1,33 @@
+"""From a context name to a connected GridClient, starting the local grid when it is needed."""
+
+from __future__ import annotations
+
+from flowmetal_cli.client import GridClient, GridUnreachable
+from flowmetal_cli.console import info
+from flowmetal_cli.contexts import Context, resolve_context
+from grid_local.home import GridPaths
+from grid_local.supervisor import running_state, start_background
+
+
+def local_grid_url(autostart: bool) -> str:
+    """The local grid's Client API URL; starts the grid in the background (and says so) when asked."""
+    paths = GridPaths.current()
+    state = running_state(paths)
+    if state is None:
+        if not autostart:
+            raise GridUnreachable(f"no local grid is running for {paths.home} (start one: flowmetal grid up)")
+        try:
+            state = start_background(paths)
+        except RuntimeError as exc:
+            raise GridUnreachable(f"could not start the local grid: {exc}") from None
+        info(f"started a local grid at {state['url']} (stop it with: flowmetal grid down)")
+    return str(state["url"])
+
+
+def connect(context: str | None = None, autostart: bool = False) -> GridClient:
+    ctx: Context = resolve_context(context)
+    if ctx.is_local:
+        return GridClient(local_grid_url(autostart), context=ctx.name)
+    if not ctx.url:
+        raise GridUnreachable(f"context '{ctx.name}' has no URL")
+    return GridClient(ctx.url, token=ctx.token(), context=ctx.name)
