@@ -220,8 +220,8 @@ def add_context(name: str, url: str, token_env: str | None = None, token_file: s
     check_name(name)
     if name in (LOCAL, DEFAULT):
         raise ContextError(f"'{name}' is a reserved context name")
-    if bool(token_env) == bool(token_file):
-        raise ContextError("give exactly one of --token-env VAR or --token-file PATH")
+    if token_env and token_file:
+        raise ContextError("give one of --token-env VAR or --token-file PATH, not both")
     if token_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", token_env):
         raise ContextError(f"invalid environment variable name '{token_env}'")
     if token_file:

@@ -76,7 +76,8 @@ def add(
 ) -> None:
     """Add a context: a grid URL and where its token is (never the token itself).
 
-    The token is read each time a command talks to that grid.
+    The token is read each time a command talks to that grid. A grid that requires no token
+    (one on loopback without --tokens) needs neither option.
 
     Examples:
 
@@ -90,7 +91,8 @@ def add(
             use_context(name)
     except FlowmetalError as exc:
         console.fail(str(exc), console.EXIT_USAGE)
-    typer.echo(f"added context {context.name} ({context.url}, token from {context.token_source})")
+    token = f"token from {context.token_source}" if context.token_source else "no token"
+    typer.echo(f"added context {context.name} ({context.url}, {token})")
     if use:
         typer.echo(f"current context: {context.name}")
 

@@ -80,7 +80,6 @@ def test_local_shows_whether_its_grid_runs(isolated: Path) -> None:
 
 
 @pytest.mark.parametrize("args", [
-    ["context", "add", "x", "--url", "https://g"],
     ["context", "add", "x", "--url", "https://g", "--token-env", "A", "--token-file", "f"],
     ["context", "add", "local", "--url", "https://g", "--token-env", "A"],
     ["context", "add", "x", "--url", "nope", "--token-env", "A"],
@@ -102,3 +101,9 @@ def test_add_twice_needs_force() -> None:
     assert again.exit_code == 2 and "--force" in again.stderr
     assert invoke("context", "add", "x", "--url", "https://two", "--token-env", "A", "--force").exit_code == 0
     assert json.loads(invoke("context", "show", "x", "--json").stdout)["url"] == "https://two"
+
+
+def test_add_without_a_token() -> None:
+    result = invoke("context", "add", "open", "--url", "http://127.0.0.1:9")
+    assert result.exit_code == 0 and result.stdout.strip() == "added context open (http://127.0.0.1:9, no token)"
+    assert json.loads(invoke("context", "show", "open", "--json").stdout)["token"] is None

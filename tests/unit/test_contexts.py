@@ -128,8 +128,7 @@ def test_token_from_file_is_read_when_used(tmp_path: Path, monkeypatch: pytest.M
     ("bad name", "http://x", "T", None, "invalid context name"),
     ("ok", "ftp://x", "T", None, "invalid URL"),
     ("ok", "grid.example.com", "T", None, "invalid URL"),
-    ("ok", "http://x", None, None, "exactly one of"),
-    ("ok", "http://x", "T", "f", "exactly one of"),
+    ("ok", "http://x", "T", "f", "not both"),
     ("ok", "http://x", "1BAD", None, "invalid environment variable"),
 ])
 def test_add_refusals(name: str, url: str, env: str | None, file: str | None, message: str) -> None:
@@ -170,3 +169,9 @@ def test_names_with_odd_characters_round_trip(isolated: Path) -> None:
     add_context("team.eu-1_a", "http://grid.example/path", token_file="/tmp/a \"quoted\" path")
     assert resolve_context("team.eu-1_a").token_file == '/tmp/a "quoted" path'
     assert contexts.Config.load().get("team.eu-1_a").url == "http://grid.example/path"
+
+
+def test_a_context_without_a_token() -> None:
+    context = add_context("open", "http://127.0.0.1:9999")
+    assert context.token_source is None and context.token() is None
+    assert resolve_context("open").url == "http://127.0.0.1:9999"
