@@ -163,17 +163,23 @@ class Supervisor:
         self.publish("ready")
         self.log(f"grid up: client API {self.client_url}, worker API {self.worker_url}, db {self.paths.db}")
 
+    def _report_gone(self, children: list[Child]) -> None:
+        """Tell the Worker API these incarnations are gone, so their flows and requests move on at once."""
+        for child in children:
+            if child.process is None:
+                continue
+            kind = "workers" if child.role == "worker" else "connectors" if child.role.startswith("connector:") else None
+            if kind is None:
+                continue
+            try:
+                self.api.post(f"/v1/{kind}/{child.ident}/gone")
+            except httpx.HTTPError as exc:
+                self.log(f"could not report {child.ident} gone: {exc}")
+
     def on_exit(self, child: Child, code: int) -> None:
         """A child died: tell the Worker API, then schedule the restart with backoff."""
-        ident = child.ident
         self.log(f"{child.name} (pid {child.process.pid if child.process else '?'}) exited with {code}")
-        try:
-            if child.role == "worker":
-                self.api.post(f"/v1/workers/{ident}/gone")
-            elif child.role.startswith("connector:"):
-                self.api.post(f"/v1/connectors/{ident}/gone")
-        except httpx.HTTPError as exc:
-            self.log(f"could not report {ident} gone: {exc}")
+        self._report_gone([child])
         ran = time.time() - child.started
         child.backoff = 0.1 if ran > STABLE_AFTER else min(child.backoff * 2, RESTART_BACKOFF_MAX)
         child.restart_at = time.monotonic() + (0.0 if child.role == "worker" and ran > 1.0 else child.backoff)
@@ -205,6 +211,8 @@ class Supervisor:
             for child in group:
                 if child.process and child.process.poll() is None:
                     child.process.terminate()
+            if group is not self.children[:2]:
+                self._report_gone(group)
             deadline = time.monotonic() + 5.0
             for child in group:
                 if child.process is None:
@@ -236,7 +244,7 @@ def start_background(
 ) -> dict[str, Any]:
     """Start a supervisor detached from this process and wait until its grid is ready."""
     argv = [sys.executable, "-m", "grid_local.supervisor", "--home", str(paths.home)]
-    if workers:
+    if workers is not None:
         argv += ["--workers", str(workers)]
     if listen:
         host, _, port = listen.rpartition(":")

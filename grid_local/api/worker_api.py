@@ -80,6 +80,9 @@ class WorkerApi:
         self.store: FlowStore | None = None
         self._background: list[asyncio.Task[None]] = []
         self.deadlines_version = 0
+        # Incarnations reported dead. A long-poll claim of a dead worker may still be parked here
+        # (the server does not see the connection drop); it must never be handed a flow.
+        self.gone: set[str] = set()
 
     @property
     def db(self) -> FlowStore:
@@ -119,8 +122,13 @@ class WorkerApi:
         wait = min(float(field(data, "wait", (int, float), 10.0)), MAX_WAIT)
         deadline = time.monotonic() + wait
         while True:
+            if worker in self.gone or await request.is_disconnected():
+                raise LeaseLostError(f"worker {worker} is gone")
             with self.notifier.subscribe(("runnable",)) as woken:
                 tasks = await self.db.claim(worker, max(1, min(limit, 100)))
+                if tasks and worker in self.gone:  # declared dead while claiming: hand them back
+                    await self.db.release_worker(worker, "worker exited")
+                    raise LeaseLostError(f"worker {worker} is gone")
                 remaining = deadline - time.monotonic()
                 if tasks or remaining <= 0:
                     return JSONResponse({"tasks": tasks})
@@ -194,10 +202,13 @@ class WorkerApi:
     async def heartbeat(self, request: Request) -> Response:
         data = await read_json(request)
         flows = field(data, "flows", list, [])
+        if request.path_params["worker"] in self.gone:
+            raise LeaseLostError("this worker was declared gone")
         stop = await self.db.heartbeat(request.path_params["worker"], [str(f) for f in flows])
         return JSONResponse({"stop": stop})
 
     async def worker_gone(self, request: Request) -> Response:
+        self.gone.add(request.path_params["worker"])
         released = await self.db.release_worker(request.path_params["worker"], "worker exited")
         return JSONResponse({"released": released})
 
@@ -211,8 +222,13 @@ class WorkerApi:
         wait = min(float(field(data, "wait", (int, float), 10.0)), MAX_WAIT)
         deadline = time.monotonic() + wait
         while True:
+            if executor in self.gone or await request.is_disconnected():
+                raise LeaseLostError(f"connector {executor} is gone")
             with self.notifier.subscribe(("requests", kind)) as woken:
                 claimed = await self.db.claim_requests(kind, executor, max(1, min(limit, 100)))
+                if claimed and executor in self.gone:  # declared dead while claiming
+                    await self.db.release_executor(executor)
+                    raise LeaseLostError(f"connector {executor} is gone")
                 remaining = deadline - time.monotonic()
                 if claimed or remaining <= 0:
                     return JSONResponse({"requests": claimed})
@@ -227,6 +243,7 @@ class WorkerApi:
         return JSONResponse({"recorded": recorded})
 
     async def executor_gone(self, request: Request) -> Response:
+        self.gone.add(request.path_params["executor"])
         released = await self.db.release_executor(request.path_params["executor"])
         return JSONResponse({"interrupted": released})
 

@@ -7,6 +7,8 @@ result, the request is declared failed ("interrupted") - never silently sent aga
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,6 +19,17 @@ from grid_local.connectors.base import api_client, connector_args, record
 from grid_local.runtime import journal as jr
 
 MAX_BODY = 8 * 1024 * 1024
+# Failure injection for crash tests: "before:<marker>" or "after:<marker>" SIGKILLs this process once
+# (the marker file records that it happened) before or after performing a request.
+CRASH_ENV = "FLOWMETAL_TEST_HTTP_CRASH"
+
+
+def crash_point(point: str) -> None:
+    when, _, marker = os.environ.get(CRASH_ENV, "").partition(":")
+    if when == point and marker and not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def perform(client: httpx.Client, args: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="http")
 
     def run(request: dict[str, Any]) -> None:
+        crash_point("before")
         result = perform(outside, request["args"])
+        crash_point("after")
         record(api, request["flow_id"], request["seq"], result, options.executor)
 
     while True:
