@@ -153,21 +153,10 @@ class WorkerApi:
             requested_at=field(raw, "requested_at", (int, float, type(None)), None),
         )
         result = await self.db.append(flow_id, worker, epoch, entry)
-        delay = await self._injected_delay(flow_id, entry.seq)
+        delay = await self.db.injected_delay(flow_id, entry.seq)
         if delay:
             await asyncio.sleep(delay)
         return JSONResponse({"result": result})
-
-    async def _injected_delay(self, flow_id: str, seq: int) -> float:
-        row = await (await self.db.db.execute(
-            "SELECT id, seconds FROM injections WHERE flow_id = ? AND action = 'delay' AND used_seq IS NULL "
-            "ORDER BY id LIMIT 1", (flow_id,),
-        )).fetchone()
-        if row is None:
-            return 0.0
-        async with self.db.write() as db:
-            await db.execute("UPDATE injections SET used_seq = ? WHERE id = ?", (seq, row["id"]))
-        return float(row["seconds"])
 
     async def result(self, request: Request) -> Response:
         flow_id = request.path_params["flow_id"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from grid_local.runtime.journal import JournalEntry
 FINISHED = ("completed", "failed", "cancelled")
 LEASE_SECONDS = 10.0
 EXECUTOR_GRACE = 5.0
+BUSY_SECONDS = 30.0
 
 
 def new_id() -> str:
@@ -67,7 +69,7 @@ class FlowStore:
 
     async def _migrate(self) -> None:
         async with self.write() as db:
-            version = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
+            version = (await self._one("PRAGMA user_version"))[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in script.split(";"):
                     if statement.strip():
@@ -77,7 +79,7 @@ class FlowStore:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
+            await self._begin_immediate()
             try:
                 yield self.db
             except BaseException:
@@ -89,14 +91,45 @@ class FlowStore:
         for callback in self.on_commit:
             callback(notes)
 
-    async def data_version(self) -> int:
-        return (await (await self.db.execute("PRAGMA data_version")).fetchone())[0]
+    async def _begin_immediate(self) -> None:
+        """BEGIN IMMEDIATE, retried: SQLite skips the busy handler in some WAL races (SQLITE_BUSY_SNAPSHOT
+        and recovery), so "database is locked" can come back at once even with a busy timeout."""
+        delay = 0.001
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise StoreError(f"the Flow DB stayed locked for {BUSY_SECONDS:g} s") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
 
+    async def data_version(self) -> int:
+        return (await self._one("PRAGMA data_version"))[0]
+
+    # Cursors are always closed: an open statement would pin a stale read snapshot, and a later
+    # BEGIN IMMEDIATE on this connection would fail with "database is locked" at once.
     async def _one(self, sql: str, *params: Any) -> aiosqlite.Row | None:
-        return await (await self.db.execute(sql, params)).fetchone()
+        async with self.db.execute(sql, params) as cursor:
+            return await cursor.fetchone()
 
     async def _all(self, sql: str, *params: Any) -> list[aiosqlite.Row]:
-        return list(await (await self.db.execute(sql, params)).fetchall())
+        async with self.db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def injected_delay(self, flow_id: str, seq: int) -> float:
+        """Consume a pending 'delay' injection for this flow; returns its seconds (0 when none)."""
+        row = await self._one(
+            "SELECT id, seconds FROM injections WHERE flow_id = ? AND action = 'delay' AND used_seq IS NULL "
+            "ORDER BY id LIMIT 1", flow_id,
+        )
+        if row is None:
+            return 0.0
+        async with self.write() as db:
+            await db.execute("UPDATE injections SET used_seq = ? WHERE id = ?", (seq, row["id"]))
+        return float(row["seconds"])
 
     async def _event(self, db: aiosqlite.Connection, flow_id: str, root: str, kind: str, data: dict[str, Any]) -> None:
         await db.execute(

@@ -1,0 +1,181 @@
+"""Benchmark the local grid (default settings, 2 workers): one JSON line per workload.
+
+W1 start-to-result latency of a one-step flow (p50/p95 over 50 runs); W2 one flow of 100
+sequential steps; W3 200 flows of 10 steps submitted at once; W4 one flow fanning out to 100
+child flows; W5 a flow of 20 sequential 100 ms sleeps whose worker is SIGKILLed after the 5th;
+and the peak memory (sum of RSS) of every grid process. A "step" is the cheapest journaled
+action: ``now()`` (W4: a child flow).
+
+    python bench/bench_grid.py [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from flowmetal_cli.client import GridClient
+from grid_local.bundle_format import write_bundle
+from grid_local.home import GridPaths
+from grid_local.supervisor import start_background, stop_background
+
+FINISHED = ("completed", "failed", "cancelled")
+
+SCRIPTS = {
+    "one.flow": "fctx().actions.now()\n",
+    "hundred.flow": "a = fctx().actions\nfor i in range(100):\n    a.now()\n",
+    "ten.flow": "a = fctx().actions\nfor i in range(10):\n    a.now()\n",
+    "fanout.flow": (
+        "def _leaf_impl(fctx):\n    return fctx.args.i\n\n"
+        "leaf = flow(implementation = _leaf_impl)\n\n"
+        "a = fctx().actions\n"
+        "tasks = [a.run(leaf, i = i) for i in range(100)]\n"
+        "total = sum([unwrap(r) for r in a.wait(tasks)])\n"
+        "print(total)\n"
+    ),
+    "naps.flow": "a = fctx().actions\nfor i in range(20):\n    a.sleep(0.1)\n",
+}
+
+
+def machine() -> dict[str, Any]:
+    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def emit(record: dict[str, Any]) -> None:
+    print(json.dumps({**record, "machine": machine()}), flush=True)
+
+
+class MemorySampler(threading.Thread):
+    """Peak of the summed RSS of the grid's processes, sampled every 50 ms."""
+
+    def __init__(self, paths: GridPaths) -> None:
+        super().__init__(daemon=True)
+        self.paths = paths
+        self.peak = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            state = self.paths.read_state() or {}
+            total = 0
+            for process in state.get("processes", []):
+                try:
+                    with open(f"/proc/{process['pid']}/status") as status:
+                        for line in status:
+                            if line.startswith("VmRSS:"):
+                                total += int(line.split()[1]) * 1024
+                except (OSError, KeyError, TypeError):
+                    pass
+            self.peak = max(self.peak, total)
+
+
+def wait_root(client: GridClient, flow_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    cursor = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        page = client.events(after=cursor, root=flow_id, wait=5)
+        cursor = page["cursor"]
+        for event in page["events"]:
+            if event["type"] == "flow" and event["flow_id"] == flow_id and event.get("status") in FINISHED:
+                return event
+    raise TimeoutError(flow_id)
+
+
+def wait_all(client: GridClient, ids: set[str], timeout: float = 300.0) -> None:
+    cursor = client.events(after=0, wait=0)["cursor"] if False else 0
+    remaining = set(ids)
+    deadline = time.monotonic() + timeout
+    while remaining and time.monotonic() < deadline:
+        page = client.events(after=cursor, wait=5)
+        cursor = page["cursor"]
+        for event in page["events"]:
+            if event["type"] == "flow" and event.get("status") in FINISHED:
+                remaining.discard(event["flow_id"])
+    if remaining:
+        raise TimeoutError(f"{len(remaining)} flows unfinished")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, default=2)
+    options = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="flowmetal-bench-"))
+    paths = GridPaths(home)
+    state = start_background(paths, workers=options.workers)
+    sampler = MemorySampler(paths)
+    sampler.start()
+    client = GridClient(state["url"])
+    try:
+        digests = {}
+        for name, source in SCRIPTS.items():
+            data, digest = write_bundle(name, {name: source}, {})
+            client.upload_bundle(data, digest)
+            digests[name] = digest
+        # Warm-up: workers load the bundles and the prelude once.
+        for name in ("one.flow", "ten.flow"):
+            wait_root(client, client.start_flow(digests[name], {})["id"])
+
+        latencies = []
+        for _ in range(50):
+            began = time.perf_counter()
+            flow_id = client.start_flow(digests["one.flow"], {})["id"]
+            wait_root(client, flow_id)
+            latencies.append((time.perf_counter() - began) * 1000)
+        latencies.sort()
+        emit({"workload": "W1", "runs": 50, "p50_ms": round(statistics.median(latencies), 2),
+              "p95_ms": round(latencies[int(0.95 * len(latencies)) - 1], 2)})
+
+        began = time.perf_counter()
+        wait_root(client, client.start_flow(digests["hundred.flow"], {})["id"])
+        elapsed = time.perf_counter() - began
+        emit({"workload": "W2", "steps": 100, "seconds": round(elapsed, 3), "steps_per_s": round(100 / elapsed, 1)})
+
+        began = time.perf_counter()
+        ids = {client.start_flow(digests["ten.flow"], {})["id"] for _ in range(200)}
+        wait_all(client, ids)
+        elapsed = time.perf_counter() - began
+        emit({"workload": "W3", "flows": 200, "steps": 2000, "seconds": round(elapsed, 3),
+              "flows_per_s": round(200 / elapsed, 1), "steps_per_s": round(2000 / elapsed, 1)})
+
+        began = time.perf_counter()
+        event = wait_root(client, client.start_flow(digests["fanout.flow"], {})["id"])
+        elapsed = time.perf_counter() - began
+        emit({"workload": "W4", "children": 100, "seconds": round(elapsed, 3), "status": event["status"]})
+
+        flow_id = client.start_flow(digests["naps.flow"], {})["id"]
+        killed_at = None
+        while killed_at is None:
+            flow = client.get_flow(flow_id)
+            answered = [e for e in flow["journal"] if e["result"] is not None]
+            if len(answered) >= 5 and flow["worker"]:
+                os.kill(int(flow["worker"].rsplit(".", 1)[1]), signal.SIGKILL)
+                killed_at = time.perf_counter()
+            else:
+                time.sleep(0.005)
+        event = wait_root(client, flow_id)
+        recovery = time.perf_counter() - killed_at
+        results = [e for e in client.events(after=0, root=flow_id)["events"] if e["type"] == "result"]
+        seqs = [e["seq"] for e in results]
+        emit({"workload": "W5", "steps": 20, "kill_to_completion_s": round(recovery, 3),
+              "steps_performed_again": len(seqs) - len(set(seqs)), "status": event["status"]})
+        sampler.stop.set()
+        sampler.join()
+        emit({"workload": "memory", "workers": options.workers,
+              "peak_rss_mib": round(sampler.peak / (1024 * 1024), 1)})
+    finally:
+        client.close()
+        stop_background(paths)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
