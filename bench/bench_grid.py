@@ -40,7 +40,8 @@ SCRIPTS = {
         "leaf = flow(implementation = _leaf_impl)\n\n"
         "a = fctx().actions\n"
         "tasks = [a.run(leaf, i = i) for i in range(100)]\n"
-        "total = sum([unwrap(r) for r in a.wait(tasks)])\n"
+        "total = 0\n"
+        "for r in a.wait(tasks):\n    total += unwrap(r)\n"
         "print(total)\n"
     ),
     "naps.flow": "a = fctx().actions\nfor i in range(20):\n    a.sleep(0.1)\n",

@@ -30,8 +30,8 @@ RESTART_BACKOFF_MAX = 5.0
 STABLE_AFTER = 10.0
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
@@ -98,13 +98,16 @@ class Supervisor:
     def plan(self) -> None:
         python = sys.executable
         home = str(self.paths.home)
+        client_poke, worker_poke = free_port(kind=socket.SOCK_DGRAM), free_port(kind=socket.SOCK_DGRAM)
         client = [python, "-m", "grid_local.api.serve", "client", "--home", home, "--host", self.host,
-                  "--port", str(self.client_port)]
+                  "--port", str(self.client_port), "--notify-port", str(client_poke),
+                  "--peer-notify-port", str(worker_poke)]
         if self.tokens:
             client += ["--tokens", str(self.tokens)]
         self.children = [
             Child("worker-api", "worker-api",
-                  [python, "-m", "grid_local.api.serve", "worker", "--home", home, "--port", str(self.worker_port)]),
+                  [python, "-m", "grid_local.api.serve", "worker", "--home", home, "--port", str(self.worker_port),
+                   "--notify-port", str(worker_poke), "--peer-notify-port", str(client_poke)]),
             Child("client-api", "client-api", client),
         ]
         for number in range(1, self.workers + 1):

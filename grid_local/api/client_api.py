@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from grid_local.api.notify import Notifier, wait_for, watch_other_writers
+from grid_local.api.notify import Notifier, PeerPoke, wait_for, watch_other_writers
 from grid_local.bundle_format import MAX_BUNDLE_BYTES, read_bundle
 from grid_local.db.store import FINISHED, FlowStore
 from grid_local.errors import ArgumentError, BundleError, NotFoundError
@@ -80,10 +80,12 @@ def _under(quota: str, node: str) -> bool:
 
 
 class ClientApi:
-    def __init__(self, paths: GridPaths, tokens: dict[str, Identity] | None = None) -> None:
+    def __init__(self, paths: GridPaths, tokens: dict[str, Identity] | None = None,
+                 notify_port: int | None = None, peer_port: int | None = None) -> None:
         self.paths = paths
         self.tokens = tokens
         self.notifier = Notifier()
+        self.poke = PeerPoke(self.notifier, notify_port, peer_port)
         self.store: FlowStore | None = None
         user = getpass.getuser()
         self.local_identity = Identity(user=user, quota=f"/local/{user}")
@@ -97,9 +99,12 @@ class ClientApi:
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         self.store = await FlowStore.open(self.paths.db)
         self.store.on_commit.append(lambda notes: self.notifier.publish_all())
-        watcher = asyncio.create_task(watch_other_writers(self.store, self.notifier, interval=0.002))
+        self.store.on_commit.append(self.poke.poke)
+        await self.poke.start()
+        watcher = asyncio.create_task(watch_other_writers(self.store, self.notifier))
         yield
         watcher.cancel()
+        self.poke.close()
         await self.store.close()
 
     def identity(self, request: Request) -> Identity:
@@ -185,13 +190,10 @@ class ClientApi:
                 check_json(body.args, "flow arguments")
             except ArgumentError as exc:
                 raise HTTPException(422, str(exc)) from None
-            try:
-                bundle = read_bundle(await self.db.get_bundle(body.bundle), body.bundle)
-            except BundleError as exc:
-                raise HTTPException(400, str(exc)) from None
+            entry = await self.db.bundle_entry(body.bundle)  # validated when it was uploaded
             flow_id = await self.db.start_flow(
-                body.bundle, {"module": bundle.entry, "function": None}, body.args, who.quota, who.user,
-                body.name or bundle.entry,
+                body.bundle, {"module": entry, "function": None}, body.args, who.quota, who.user,
+                body.name or entry,
             )
             return await self.db.get_flow(flow_id)
 
@@ -309,5 +311,6 @@ class ClientApi:
             return False
 
 
-def create_app(paths: GridPaths, tokens_file: Path | None = None) -> FastAPI:
-    return ClientApi(paths, load_tokens(tokens_file)).app()
+def create_app(paths: GridPaths, tokens_file: Path | None = None, notify_port: int | None = None,
+               peer_port: int | None = None) -> FastAPI:
+    return ClientApi(paths, load_tokens(tokens_file), notify_port, peer_port).app()

@@ -54,8 +54,8 @@ async def wait_for(future: asyncio.Future[None], timeout: float) -> bool:
         return False
 
 
-async def watch_other_writers(store: FlowStore, notifier: Notifier, interval: float = 0.002) -> None:
-    """Wake every waiter when another process commits to the Flow DB."""
+async def watch_other_writers(store: FlowStore, notifier: Notifier, interval: float = 0.05) -> None:
+    """Wake every waiter when another process commits to the Flow DB (the safety net under PeerPoke)."""
     version = await store.data_version()
     while True:
         await asyncio.sleep(interval)
@@ -63,3 +63,44 @@ async def watch_other_writers(store: FlowStore, notifier: Notifier, interval: fl
         if current != version:
             version = current
             notifier.publish_all()
+
+
+class _PokeProtocol(asyncio.DatagramProtocol):
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.notifier.publish_all()
+
+
+class PeerPoke:
+    """Cross-process wake-ups without polling: a one-byte UDP datagram on loopback after each commit.
+
+    The APIs poke each other (the Client API's commits wake the Worker API's claimers; the Worker
+    API's wake the Client API's event streams). A lost datagram only costs latency: the
+    ``data_version`` watcher still runs, more slowly, as the safety net.
+    """
+
+    def __init__(self, notifier: Notifier, listen_port: int | None, peer_port: int | None) -> None:
+        self.notifier = notifier
+        self.listen_port = listen_port
+        self.peer = ("127.0.0.1", peer_port) if peer_port else None
+        self.transport: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.listen_port:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _PokeProtocol(self.notifier), local_addr=("127.0.0.1", self.listen_port)
+            )
+        else:
+            transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        self.transport = transport  # type: ignore[assignment]
+
+    def poke(self, notes: object = None) -> None:
+        if self.transport is not None and self.peer is not None:
+            self.transport.sendto(b"!", self.peer)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -17,16 +17,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tokens", type=Path, default=None)
+    parser.add_argument("--notify-port", type=int, default=None, help="UDP port this API is poked on")
+    parser.add_argument("--peer-notify-port", type=int, default=None, help="UDP port to poke after commits")
     options = parser.parse_args(argv)
     paths = GridPaths(options.home)
     if options.which == "client":
         from grid_local.api.client_api import create_app
 
-        app = create_app(paths, options.tokens)
+        app = create_app(paths, options.tokens, options.notify_port, options.peer_notify_port)
     else:
         from grid_local.api.worker_api import create_app as create_worker_app
 
-        app = create_worker_app(paths.db)
+        app = create_worker_app(paths.db, options.notify_port, options.peer_notify_port)
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning", access_log=False,
                 loop="uvloop", http="httptools", backlog=2048, timeout_keep_alive=120,
                 timeout_graceful_shutdown=1)

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from grid_local.api.notify import Notifier, wait_for, watch_other_writers
+from grid_local.api.notify import Notifier, PeerPoke, wait_for, watch_other_writers
 from grid_local.db.store import FlowStore
 from grid_local.errors import FlowmetalError, LeaseLostError, NotFoundError
 from grid_local.runtime.journal import ALL_KINDS, JournalEntry
@@ -74,9 +74,10 @@ def handle_errors(handler: Any) -> Any:
 
 
 class WorkerApi:
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, notify_port: int | None = None, peer_port: int | None = None) -> None:
         self.db_path = db_path
         self.notifier = Notifier()
+        self.poke = PeerPoke(self.notifier, notify_port, peer_port)
         self.store: FlowStore | None = None
         self._background: list[asyncio.Task[None]] = []
         self.deadlines_version = 0
@@ -93,6 +94,8 @@ class WorkerApi:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.store = await FlowStore.open(self.db_path)
         self.store.on_commit.append(self._on_commit)
+        self.store.on_commit.append(self.poke.poke)
+        await self.poke.start()
         self._background = [
             asyncio.create_task(watch_other_writers(self.store, self.notifier)),
             asyncio.create_task(self._reaper()),
@@ -100,6 +103,7 @@ class WorkerApi:
         yield
         for task in self._background:
             task.cancel()
+        self.poke.close()
         await self.store.close()
 
     def _on_commit(self, notes: set[tuple[Any, ...]]) -> None:
@@ -285,5 +289,5 @@ class WorkerApi:
         return Starlette(routes=routes, lifespan=self.lifespan)
 
 
-def create_app(db_path: Path) -> Starlette:
-    return WorkerApi(db_path).app()
+def create_app(db_path: Path, notify_port: int | None = None, peer_port: int | None = None) -> Starlette:
+    return WorkerApi(db_path, notify_port, peer_port).app()

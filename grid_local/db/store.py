@@ -151,6 +151,12 @@ class FlowStore:
     async def has_bundle(self, digest: str) -> bool:
         return await self._one("SELECT 1 FROM bundles WHERE digest = ?", digest) is not None
 
+    async def bundle_entry(self, digest: str) -> str:
+        row = await self._one("SELECT entry FROM bundles WHERE digest = ?", digest)
+        if row is None:
+            raise NotFoundError(f"no bundle {digest}")
+        return str(row["entry"])
+
     async def get_bundle(self, digest: str) -> bytes:
         row = await self._one("SELECT data FROM bundles WHERE digest = ?", digest)
         if row is None:
