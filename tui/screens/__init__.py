@@ -1,0 +1,1 @@
+"""Modal screens of the debugger; each returns a typed result through ``dismiss()``."""

@@ -1,0 +1,33 @@
+"""The help screen: every key binding, and what the panes show."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+PANES = """\
+[b]Flows[/b] (left): quota nodes, root flows, their children. ○ pending ▶ running ◷ waiting ✔ completed ✖ failed ⊘ cancelled; then the name, how long it ran (italic while it runs) and, after ·, its age.
+[b]Journal[/b]: each action of the selected flow: request, result, a timeline bar (█ ran, ░ still open), time requested and answered after the flow started, and the worker. [yellow]↻ resume[/yellow] rows mark where the flow resumed on a worker and how many entries it replayed; ⚡ when a lease was lost.
+[b]Tabs[/b]: 1 Source (the line of the selected entry, ▶) · 2 Detail (request, result, traceback) · 3 Log (print output of the flow and its children) · 4 Workers (processes, pids, flows held).
+Stepping is read-only: it replays the recorded journal and needs no worker."""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
+
+    def __init__(self, bindings: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.bindings = bindings
+
+    def compose(self) -> ComposeResult:
+        keys = "\n".join(f"[b]{key:>9}[/b]  {description}" for key, description in self.bindings)
+        with VerticalScroll(classes="dialog wide tall", id="help"):
+            yield Static("[b]flowmetal tui[/b]: keys (Esc, q or ? closes)", classes="question")
+            yield Static(keys, id="help-keys")
+            yield Static(PANES, id="help-panes")
+
+    def action_close(self) -> None:
+        self.dismiss(None)
