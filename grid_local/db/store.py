@@ -52,6 +52,7 @@ class FlowStore:
         self._write_lock = asyncio.Lock()
         self.on_commit: list[Any] = []  # callables(notes) run after each commit of this process
         self.notes: set[tuple[Any, ...]] = set()  # what the current transaction changed, for notifications
+        self._events: list[tuple[Any, ...]] = []  # the current transaction's events, written at commit
 
     @classmethod
     async def open(cls, path: Path) -> "FlowStore":
@@ -82,10 +83,17 @@ class FlowStore:
             await self._begin_immediate()
             try:
                 yield self.db
+                if self._events:
+                    await self.db.executemany(
+                        "INSERT INTO events (flow_id, root, kind, data, at) VALUES (?, ?, ?, ?, ?)", self._events
+                    )
             except BaseException:
+                self._events = []
                 await self.db.execute("ROLLBACK")
                 self.notes = set()
                 raise
+            finally:
+                self._events = []
             await self.db.execute("COMMIT")
             notes, self.notes = self.notes, set()
         for callback in self.on_commit:
@@ -132,10 +140,8 @@ class FlowStore:
         return float(row["seconds"])
 
     async def _event(self, db: aiosqlite.Connection, flow_id: str, root: str, kind: str, data: dict[str, Any]) -> None:
-        await db.execute(
-            "INSERT INTO events (flow_id, root, kind, data, at) VALUES (?, ?, ?, ?, ?)",
-            (flow_id, root, kind, _dumps(data), time.time()),
-        )
+        """Record an event of the current transaction (written in one statement at commit)."""
+        self._events.append((flow_id, root, kind, _dumps(data), time.time()))
 
     # -- bundles and deployments ----------------------------------------------------------------
 
@@ -312,6 +318,11 @@ class FlowStore:
 
     async def _check_lease(self, flow_id: str, worker: str, epoch: int) -> aiosqlite.Row:
         row = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
+        return self._check_held(row, flow_id, worker, epoch)
+
+    @staticmethod
+    def _check_held(row: aiosqlite.Row | None, flow_id: str, worker: str, epoch: int) -> aiosqlite.Row:
+        """Writes are conditional on the lease: only its current holder, at its current epoch."""
         if row is None:
             raise NotFoundError(f"no flow {flow_id}")
         if row["status"] == "cancelled":
@@ -324,19 +335,21 @@ class FlowStore:
         """Commit a request (and its result when it has one). Returns a result answered in the same transaction."""
         now = time.time()
         async with self.write() as db:
-            flow = await self._check_lease(flow_id, worker, epoch)
-            last = await self._one("SELECT MAX(seq) AS seq FROM journal WHERE flow_id = ?", flow_id)
-            expected = (last["seq"] or 0) + 1
+            flow = await self._one(
+                "SELECT f.*, (SELECT MAX(seq) FROM journal WHERE flow_id = f.id) AS last_seq, "
+                "(SELECT id FROM injections WHERE flow_id = f.id AND used_seq IS NULL AND action = 'fail' "
+                " ORDER BY id LIMIT 1) AS fail_injection FROM flows f WHERE f.id = ?",
+                flow_id,
+            )
+            self._check_held(flow, flow_id, worker, epoch)
+            expected = (flow["last_seq"] or 0) + 1
             if entry.seq != expected:
                 raise LeaseLostError(f"journal of {flow_id} is at {expected - 1}; refusing entry {entry.seq}")
             result = entry.result
             deadline = None
-            injected = await self._one(
-                "SELECT * FROM injections WHERE flow_id = ? AND used_seq IS NULL ORDER BY id LIMIT 1", flow_id
-            )
-            if injected is not None and injected["action"] == "fail" and entry.kind != "print":
+            if flow["fail_injection"] is not None and entry.kind != "print":
                 result = jr.err(f"injected failure (flowmetal failure injection on {entry.kind})")
-                await db.execute("UPDATE injections SET used_seq = ? WHERE id = ?", (entry.seq, injected["id"]))
+                await db.execute("UPDATE injections SET used_seq = ? WHERE id = ?", (entry.seq, flow["fail_injection"]))
             elif entry.kind in ("sleep",):
                 deadline = now + max(float(entry.args.get("seconds") or 0), 0.0)
             elif entry.kind in ("receive", "wait") and entry.args.get("timeout") is not None:
