@@ -64,5 +64,8 @@ class edge:
 
         if isinstance(exc, FlowmetalError):
             error(str(exc))
+            snippet = getattr(exc, "snippet", "")
+            if snippet:
+                typer.echo(snippet, err=True)
             raise typer.Exit(exit_code_of(exc))
         return False

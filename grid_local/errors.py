@@ -58,6 +58,13 @@ class ScriptError(FlowmetalError):
         super().__init__(f"{location}: {message}" if location else message)
 
 
+    @property
+    def snippet(self) -> str:
+        """The offending source line(s) with starlark-rust's markers, when the error carried them."""
+        lines = [line for line in self.detail.splitlines() if re.match(r"^\s*\d*\s*\|", line)]
+        return "\n".join(lines).rstrip()
+
+
 class LoadError(ScriptError):
     pass
 

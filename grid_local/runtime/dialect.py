@@ -100,5 +100,18 @@ def typecheck(
         location = location_from_starlark(text)
         if location is not None and location.file == filename:
             location = SourceLocation(location.file, max(location.line - 1, 1), location.column)
-        found.append(ScriptError(text.splitlines()[0].removeprefix("error: "), location, text))
+        message = text.splitlines()[0].removeprefix("error: ")
+        if "unresolved ident" in message and error.span is not None:
+            name = _span_text(source, error.span.span, line_offset=1)
+            message = f"undefined name `{name}`" if name else "undefined name"
+        found.append(ScriptError(message, location, text))
     return found, interface
+
+
+def _span_text(source: str, span: sl.ResolvedSpan, line_offset: int = 0) -> str:
+    """The source text a single-line span covers (0-based lines and columns, as starlark-rust gives)."""
+    lines = source.splitlines()
+    row = span.begin.line - line_offset
+    if span.begin.line != span.end.line or not 0 <= row < len(lines):
+        return ""
+    return lines[row][span.begin.column:span.end.column]
