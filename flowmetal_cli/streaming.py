@@ -61,10 +61,11 @@ def follow(
                 raise
             time.sleep(0.5)
             try:
-                client.close()
-                client = reconnect()
+                fresh = reconnect()  # the grid may be back at another URL
             except GridUnreachable:
-                pass
+                continue
+            client.close()
+            client = fresh
             continue
         finished = None
         for event in page["events"]:
