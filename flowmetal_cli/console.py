@@ -59,7 +59,7 @@ class edge:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         from grid_local.errors import FlowmetalError
 
         if isinstance(exc, FlowmetalError):
@@ -68,4 +68,3 @@ class edge:
             if snippet:
                 typer.echo(snippet, err=True)
             raise typer.Exit(exit_code_of(exc))
-        return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-notify-port", type=int, default=None, help="UDP port to poke after commits")
     options = parser.parse_args(argv)
     paths = GridPaths(options.home)
+    app: Any
     if options.which == "client":
         from grid_local.api.client_api import create_app
 

@@ -70,7 +70,7 @@ class FlowStore:
 
     async def _migrate(self) -> None:
         async with self.write() as db:
-            version = (await self._one("PRAGMA user_version"))[0]
+            version = (await self._the("PRAGMA user_version"))[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in script.split(";"):
                     if statement.strip():
@@ -115,13 +115,20 @@ class FlowStore:
                 delay = min(delay * 2, 0.05)
 
     async def data_version(self) -> int:
-        return (await self._one("PRAGMA data_version"))[0]
+        return (await self._the("PRAGMA data_version"))[0]
 
     # Cursors are always closed: an open statement would pin a stale read snapshot, and a later
     # BEGIN IMMEDIATE on this connection would fail with "database is locked" at once.
     async def _one(self, sql: str, *params: Any) -> aiosqlite.Row | None:
         async with self.db.execute(sql, params) as cursor:
             return await cursor.fetchone()
+
+    async def _the(self, sql: str, *params: Any) -> aiosqlite.Row:
+        """The one row a query must find (inside a transaction that already established it exists)."""
+        row = await self._one(sql, *params)
+        if row is None:
+            raise NotFoundError(f"no row for {sql} {params}")
+        return row
 
     async def _all(self, sql: str, *params: Any) -> list[aiosqlite.Row]:
         async with self.db.execute(sql, params) as cursor:
@@ -335,13 +342,12 @@ class FlowStore:
         """Commit a request (and its result when it has one). Returns a result answered in the same transaction."""
         now = time.time()
         async with self.write() as db:
-            flow = await self._one(
+            flow = self._check_held(await self._one(
                 "SELECT f.*, (SELECT MAX(seq) FROM journal WHERE flow_id = f.id) AS last_seq, "
                 "(SELECT id FROM injections WHERE flow_id = f.id AND used_seq IS NULL AND action = 'fail' "
                 " ORDER BY id LIMIT 1) AS fail_injection FROM flows f WHERE f.id = ?",
                 flow_id,
-            )
-            self._check_held(flow, flow_id, worker, epoch)
+            ), flow_id, worker, epoch)
             expected = (flow["last_seq"] or 0) + 1
             if entry.seq != expected:
                 raise LeaseLostError(f"journal of {flow_id} is at {expected - 1}; refusing entry {entry.seq}")
@@ -423,7 +429,7 @@ class FlowStore:
                 return False
             if executor is not None and row["executor"] != executor:
                 return False
-            flow = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
+            flow = await self._the("SELECT * FROM flows WHERE id = ?", flow_id)
             return await self._set_result(db, flow, seq, row["kind"], _loads(row["args"]), result)
 
     async def _start_child(self, db: aiosqlite.Connection, parent: aiosqlite.Row, args: dict[str, Any]) -> dict[str, Any]:
@@ -482,7 +488,7 @@ class FlowStore:
 
     async def _deliver(self, db: aiosqlite.Connection, flow_id: str, inbox: str) -> None:
         """Hand waiting messages to the flow's open receive on that inbox (in order, once)."""
-        flow = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
+        flow = await self._the("SELECT * FROM flows WHERE id = ?", flow_id)
         for row in await self._all(
             "SELECT seq, args FROM journal WHERE flow_id = ? AND kind = 'receive' AND result IS NULL ORDER BY seq",
             flow_id,
@@ -532,14 +538,14 @@ class FlowStore:
             "lease_expires = NULL, runnable = 0 WHERE id = ?",
             (status, _dumps(result), None if error is None else _dumps(error), now, now, flow_id),
         )
-        flow = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
+        flow = await self._the("SELECT * FROM flows WHERE id = ?", flow_id)
         await self._event(db, flow_id, flow["root"], "flow", {
             "status": status, "name": flow["name"], "parent": flow["parent"], "result": result, "error": error,
         })
         self.notes.add(("finished", flow_id))
         if flow["parent"] is None:
             return
-        parent = await self._one("SELECT * FROM flows WHERE id = ?", flow["parent"])
+        parent = await self._the("SELECT * FROM flows WHERE id = ?", flow["parent"])
         for row in await self._all(
             "SELECT seq, args FROM journal WHERE flow_id = ? AND kind = 'wait' AND result IS NULL", parent["id"]
         ):
@@ -660,7 +666,7 @@ class FlowStore:
                 result = await self._wait_result(db, args, timed_out=True)
             else:
                 result = jr.err(f"timeout: no message on inbox {args.get('inbox', '_stdin')} within {args.get('timeout')} s")
-            flow = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
+            flow = await self._the("SELECT * FROM flows WHERE id = ?", flow_id)
             return await self._set_result(db, flow, seq, row["kind"], args, result or jr.err("timeout"))
 
 

@@ -55,7 +55,7 @@ def script_error(exc: sl.StarlarkError, fallback_file: str = "", cls: type[Scrip
     return cls(message, location, detail=text)
 
 
-def prelude_load_line(explicit_loads: set[str] = frozenset()) -> str:
+def prelude_load_line(explicit_loads: frozenset[str] | set[str] = frozenset()) -> str:
     """A ``load()`` of the predeclared prelude names the script does not load itself."""
     names = ", ".join(f'"{name}"' for name in PREDECLARED if name not in explicit_loads)
     return f'load("{PRELUDE_MODULE}", {names})\n' if names else "\n"

@@ -197,10 +197,11 @@ class FlowExecution:
         if cause is not None:
             return Failed(f"internal error: {cause!r}", text, kind="InternalError")
         message = _starlark_message(text)
-        location: SourceLocation | str | None = location_from_starlark(text)
-        if location is not None and location.file in journal.RUNTIME_FILES:
+        found = location_from_starlark(text)
+        location: SourceLocation | str | None = found
+        if found is not None and found.file in journal.RUNTIME_FILES:
             # Raised inside the prelude (argument checks, json.encode): the user's call is the place to point at.
-            location = journal.user_callsite(text) or location
+            location = journal.user_callsite(text) or found
         unjsonable = re.search(r"`serde::serialize` not supported on type `([^`]+)`", message)
         if unjsonable:
             return Failed(
