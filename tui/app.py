@@ -23,7 +23,7 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Footer, Input, Log, Static, TabbedContent, TabPane
 from textual.worker import Worker, get_current_worker
 
-from flowmetal_cli.client import GridClient
+from flowmetal_cli.client import GridClient, GridUnreachable
 from tui import model
 from tui.model import FINISHED, STATUSES, FlowIndex, Resume
 from tui.screens.confirm import ConfirmScreen
@@ -197,7 +197,7 @@ class FlowmetalApp(App[None]):
                         yield Log(id="log-view", max_lines=5000)
                     with TabPane("4 Workers", id="workers"):
                         yield WorkersTable(id="workers-table")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#sidebar").border_title = "Flows"
@@ -205,7 +205,7 @@ class FlowmetalApp(App[None]):
         self._render_status()
         self._render_selection()
         self.query_one(FlowTree).focus()
-        self.set_interval(0.2, self._flush)
+        self.set_interval(0.2, self._flush_reads)
         self.set_interval(1.0, self._tick)
         self.follow_events()
         if self.open_file is not None:
@@ -279,9 +279,11 @@ class FlowmetalApp(App[None]):
             return work()
         except Exception as exc:
             text = str(exc) or type(exc).__name__
-            if type(exc).__name__ == "GridUnreachable":
+            unreachable = isinstance(exc, GridUnreachable)
+            if unreachable:
                 self.post_message(self.GridLost(text))
-            if report or type(exc).__name__ != "GridUnreachable":
+            # A read that failed because the grid is away is already shown in the status bar.
+            if report or (not unreachable and self.connected):
                 self.post_message(self.Reported(text, "error"))
             return None
 
@@ -377,7 +379,7 @@ class FlowmetalApp(App[None]):
 
     # -- batching reads ------------------------------------------------------------------------
 
-    def _flush(self) -> None:
+    def _flush_reads(self) -> None:
         if not self.connected:
             return
         if self._dirty["flows"]:

@@ -76,9 +76,13 @@ def offset(at: float | None, start: float) -> str:
     return "…" if at is None else "+" + human_duration(at - start)
 
 
+def _stamp(value: Any, default: float) -> float:
+    return default if value is None else float(value)
+
+
 def flow_duration(flow: dict[str, Any], now: float) -> float:
-    end = flow.get("finished") or now
-    return float(end) - float(flow.get("created") or end)
+    end = _stamp(flow.get("finished"), now)
+    return end - _stamp(flow.get("created"), end)
 
 
 def compact_json(value: Any, limit: int = 60) -> str:
@@ -164,7 +168,7 @@ def flow_label(flow: dict[str, Any], now: float) -> Text:
     label = status_text(status)
     label.append(f" {clip(str(flow.get('flow') or '?'), 18)}")
     label.append(f" {human_duration(flow_duration(flow, now))}", style="" if status in FINISHED else "italic")
-    created = float(flow.get("created") or now)
+    created = _stamp(flow.get("created"), now)
     label.append(f" ·{human_age(now - created)}", style="dim")
     return label
 
@@ -239,7 +243,7 @@ def first_error(journal: list[dict[str, Any]]) -> int | None:
 def timeline_bar(entry: dict[str, Any], start: float, end: float, width: int, now: float) -> Text:
     """Where the entry sits in its flow's life: ``·`` before and after, ``█`` while it ran (``░`` still open)."""
     span = max(end - start, 1e-6)
-    requested = float(entry.get("requested_at") or start)
+    requested = _stamp(entry.get("requested_at"), start)
     answered = entry.get("answered_at")
     stop = float(answered) if answered is not None else max(now, requested)
     first = min(max(int((requested - start) / span * width), 0), width - 1)
@@ -256,11 +260,11 @@ def timeline_bar(entry: dict[str, Any], start: float, end: float, width: int, no
 
 
 def flow_span(flow: dict[str, Any], journal: list[dict[str, Any]], now: float) -> tuple[float, float]:
-    start = float(flow.get("created") or now)
+    start = _stamp(flow.get("created"), now)
     stamps = [start]
     for entry in journal:
         stamps.extend(float(entry[k]) for k in ("requested_at", "answered_at") if entry.get(k) is not None)
-    end = float(flow["finished"]) if flow.get("finished") else max(now, *stamps)
+    end = _stamp(flow.get("finished"), max(now, *stamps))
     return start, max(end, *stamps)
 
 

@@ -136,8 +136,9 @@ class GridSession:
 def latest_cursor(client: GridClient) -> int:
     """The id of the grid's newest event, found without reading the whole event log.
 
-    Pages of ``EVENT_PAGE`` events come back from any cursor; a short page is the end. Gallop
-    forward, then bisect between a cursor with events after it and one without.
+    Any cursor gives a page of at most ``EVENT_PAGE`` events after it; a short page ends the log.
+    Gallop forward until a cursor has nothing after it, then bisect: ``low`` is an id known to
+    exist, nothing lies after ``high``, and the newest id is between them.
     """
     page = client.events(after=0)
     if len(page["events"]) < EVENT_PAGE:
@@ -145,19 +146,18 @@ def latest_cursor(client: GridClient) -> int:
     low, step = int(page["cursor"]), EVENT_PAGE
     high: int | None = None
     while high is None:
-        probe = low + step
-        page = client.events(after=probe)
+        page = client.events(after=low + step)
         if not page["events"]:
-            high = probe
+            high = low + step
         elif len(page["events"]) < EVENT_PAGE:
             return int(page["cursor"])
         else:
             low, step = int(page["cursor"]), step * 2
-    while high - low > 1:
-        middle = (low + high) // 2
-        page = client.events(after=middle)
+    while low < high:
+        middle = (low + high + 1) // 2
+        page = client.events(after=middle - 1)
         if not page["events"]:
-            high = middle
+            high = middle - 1
         elif len(page["events"]) < EVENT_PAGE:
             return int(page["cursor"])
         else:

@@ -174,6 +174,7 @@ async def test_open_a_script_then_rerun_it(grid: LocalGrid, home: Path) -> None:
         await until(pilot, lambda: any(r.startswith("started steps.flow") for r in app.reports), "the script to start")
         await until(pilot, lambda: app.selected is not None, "the started flow to be selected")
         first = app.selected
+        assert first is not None
         await until(pilot, lambda: status_of(app) == "completed", "the opened flow to complete")
         record = grid.flow(first)
         await pilot.press("r")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.table import Table
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -23,7 +24,11 @@ class HelpScreen(ModalScreen[None]):
         self.bindings = bindings
 
     def compose(self) -> ComposeResult:
-        keys = "\n".join(f"[b]{key:>9}[/b]  {description}" for key, description in self.bindings)
+        keys = Table.grid(padding=(0, 2))
+        keys.add_column(justify="right", style="bold", no_wrap=True)
+        keys.add_column()
+        for key, description in self.bindings:
+            keys.add_row(key, description)
         with VerticalScroll(classes="dialog wide tall", id="help"):
             yield Static("[b]flowmetal tui[/b]: keys (Esc, q or ? closes)", classes="question")
             yield Static(keys, id="help-keys")

@@ -10,7 +10,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from tui.model import Resume, human_duration, status_text, utc_time
+from tui.model import Resume, flow_duration, human_duration, status_text, utc_time
 
 
 def _pretty(value: Any) -> str:
@@ -25,10 +25,9 @@ def describe_flow(flow: dict[str, Any], now: float) -> Text:
     text.append(f"{flow.get('flow')} ", style="bold")
     text.append(f"#{flow['id']} ")
     text.append_text(status_text(str(flow.get("status")), with_word=True))
-    end = flow.get("finished") or now
     text.append(f"\nquota {flow.get('quota')} · user {flow.get('username', '-')} · resumes {flow.get('resumes', 0)}")
     text.append(f"\nbundle {flow.get('bundle')}", style="dim")
-    text.append(f"\ncreated {utc_time(flow.get('created'))} · took {human_duration(end - (flow.get('created') or end))}")
+    text.append(f"\ncreated {utc_time(flow.get('created'))} · took {human_duration(flow_duration(flow, now))}")
     if flow.get("worker"):
         text.append(f" · held by {flow['worker']}")
     if flow.get("parent"):

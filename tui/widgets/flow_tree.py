@@ -86,4 +86,4 @@ class FlowTree(Tree[str]):
 
     @staticmethod
     def _key(node: TreeNode[str]) -> str:
-        return node.data or f"quota:{node.label.plain}"
+        return node.data or f"quota:{node.label}"

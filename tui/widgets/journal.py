@@ -28,6 +28,21 @@ def column_widths(available: int) -> tuple[int, int, int]:
     return max(16, spare * 4 // 10), max(12, spare * 3 // 10), max(10, spare * 3 // 10)
 
 
+def resume_cells(resume: Resume, start: float, end: float, width: int) -> list[Text | str]:
+    """A resumption in the columns of an entry: why (lost lease or wake-up), how many entries were replayed, when."""
+    style = "bold yellow" if resume.lost_by else "yellow"
+    why = f"⚡ lost {resume.lost_by}" if resume.lost_by else "woken up"
+    mark = Text("·" * width, style="grey35")
+    if resume.at is not None and end > start:
+        column = min(max(int((resume.at - start) / (end - start) * width), 0), width - 1)
+        mark = Text("·" * column, style="grey35")
+        mark.append("↻", style=style)
+        mark.append("·" * (width - column - 1), style="grey35")
+    return [Text("↻", style=style), Text("resume", style=style), Text(why, style=style),
+            Text(f"replayed {resume.replayed}", style=style), mark,
+            offset(resume.at, start) if resume.at is not None else "", "", resume.worker or ""]
+
+
 class JournalTable(DataTable[Any]):
     """Rows are rebuilt from the flow's journal on each refresh; the cursor stays on the same entry."""
 
@@ -88,9 +103,7 @@ class JournalTable(DataTable[Any]):
         self.clear()
         for number, row in enumerate(self.rows_data):
             if isinstance(row, Resume):
-                self.add_row(Text("↻", style="bold yellow"), Text("resume", style="bold yellow"),
-                             Text(row.describe(), style="yellow"), "", "", offset(row.at, start) if row.at else "",
-                             "", row.worker or "", key=f"r{number}")
+                self.add_row(*resume_cells(row, start, end, bar), key=f"r{number}")
                 continue
             self.add_row(
                 Text(str(row["seq"]), style="bold"), row["kind"], summarize_args(row["kind"], row.get("args"), request),

@@ -13,7 +13,7 @@ MARK_STYLE = "bold on #4b3b00"
 def render_source(code: str, line: int | None) -> Text:
     """Numbered, highlighted lines; the marked one gets ``▶`` (readable without colour) and a background."""
     highlighted = Syntax(code, "python", theme="ansi_dark").highlight(code)
-    lines = highlighted.split("\n", allow_blank=True)
+    lines = list(highlighted.split("\n", allow_blank=True))
     if lines and not lines[-1].plain and code.endswith("\n"):
         lines = lines[:-1]
     width = len(str(len(lines)))

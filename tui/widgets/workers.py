@@ -17,8 +17,8 @@ class WorkersTable(DataTable[Any]):
 
     def on_mount(self) -> None:
         for label, key, width in (("role", "role", 15), ("name", "name", 10), ("pid", "pid", 7),
-                                  ("up", "alive", 4), ("flows", "flows", 5), ("restarts", "restarts", 8),
-                                  ("holds", "holds", 30)):
+                                  ("up", "alive", 6), ("flows", "flows", 5), ("holds", "holds", 30),
+                                  ("restarts", "restarts", 8)):
             self.add_column(label, key=key, width=width)
 
     def current(self) -> dict[str, Any] | None:
@@ -36,7 +36,7 @@ class WorkersTable(DataTable[Any]):
             holds = ", ".join(f"{f.get('flow')}#{short_id(f['id'])}" for f in held)
             alive = Text("✔", style="green") if process.get("alive") else Text("✖ down", style="bright_red")
             self.add_row(process.get("role", ""), process.get("name", ""), str(process.get("pid") or "-"), alive,
-                         str(process.get("flows", 0)), str(process.get("restarts", 0)), clip(holds, 30) or "-",
+                         str(process.get("flows", 0)), clip(holds, 30) or "-", str(process.get("restarts", 0)),
                          key=str(process.get("name")))
         for number, process in enumerate(self.processes):
             if process.get("name") == keep_name:

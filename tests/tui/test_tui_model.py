@@ -1,0 +1,175 @@
+"""The debugger's pure rules: flow trees and filters, journal summaries, replay marks, timeline bars."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from flowmetal_cli.main import app as cli
+from tui import model
+from tui.model import FlowIndex, Resume
+from tui.screens.prompts import parse_delay
+from tui.screens.push import deployment_name
+from tui.session import EVENT_PAGE, latest_cursor
+from tui.widgets.journal import column_widths
+from tui.widgets.source import render_source
+
+
+def flow(fid: str, parent: str | None = None, status: str = "completed", name: str = "f", created: float = 0.0,
+         quota: str = "/local/me", finished: float | None = None) -> dict[str, Any]:
+    return {"id": fid, "parent": parent, "root": fid if parent is None else "r", "flow": name, "status": status,
+            "created": created, "finished": finished, "quota": quota}
+
+
+def entry(seq: int, worker: str = "w1", requested: float = 0.0, answered: float | None = 1.0,
+          result: dict[str, Any] | None = None, kind: str = "sleep") -> dict[str, Any]:
+    return {"seq": seq, "kind": kind, "args": {"seconds": 1}, "worker": worker, "requested_at": requested,
+            "answered_at": answered, "result": {"ok": True, "value": None} if result is None else result,
+            "callsite": f"main.flow:{seq + 10}"}
+
+
+def test_flow_index_tree_and_filters() -> None:
+    index = FlowIndex.of([
+        flow("r", name="main.flow", status="running", created=1), flow("a", "r", name="fetch", created=2),
+        flow("b", "r", name="save", status="failed", created=3), flow("c", "b", name="retry", created=4),
+        flow("x", name="other.flow", created=5, quota="/acme"), flow("orphan", "gone", name="lost", created=0.5),
+    ])
+    assert [f["id"] for f in index.roots()] == ["x", "r", "orphan"]  # newest first; an orphan is a root here
+    assert list(index.by_quota(index.roots())) == ["/acme", "/local/me"]
+    assert [f["id"] for f in index.children("r")] == ["a", "b"]
+    assert index.descendants("r") == {"a", "b", "c"}
+    assert index.ancestors("c") == ["b", "r"]
+    assert index.visible("retry") == {"c", "b", "r"}  # a match keeps its ancestors
+    assert index.visible(status="failed") == {"b", "r"}
+    assert index.visible("acme") == {"x"}
+    assert index.visible("nothing") == set()
+
+
+def test_labels_read_without_colour() -> None:
+    running = model.flow_label(flow("r", name="main.flow", status="running", created=100), now=165)
+    assert running.plain == "▶ main.flow 1m05s ·1m"
+    done = model.flow_label(flow("d", name="x", status="failed", created=0, finished=2.5), now=7200)
+    assert done.plain == "✖ x 2.50s ·2h"
+    assert {model.status_text(s).plain for s in model.STATUSES} == {"○", "▶", "◷", "✔", "✖", "⊘"}
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.314, "0.31s"), (12.44, "12.4s"), (185, "3m05s"),
+                                               (7380, "2h03m"), (90000, "1d01h"), (None, "-")])
+def test_human_duration(seconds: float | None, text: str) -> None:
+    assert model.human_duration(seconds) == text
+
+
+def test_summaries_of_requests_and_results() -> None:
+    run_args = {"flow": {"name": "greet"}, "args": {"who": "tester"}}
+    assert model.summarize_args("run", run_args) == 'greet(who="tester")'
+    assert model.summarize_args("sleep", {"seconds": 0.2}) == "0.2s"
+    assert model.summarize_args("print", {"text": "hi"}) == '"hi"'
+    assert model.summarize_args("http", {"method": "GET", "url": "https://x.test/a"}) == "GET https://x.test/a"
+    assert model.summarize_args("wait", {"tasks": [{"flow": "greet", "flow_id": "abcdef123"}], "timeout": 5}) \
+        == "greet#abcdef ≤5s"
+    assert model.summarize_args("receive", {"inbox": "_stdin", "timeout": None}) == "_stdin"
+    assert model.summarize_args("now", {}) == ""
+    assert model.summarize_result("sleep", None).plain == "… open"
+    assert model.summarize_result("sleep", {"ok": True, "value": None}).plain == "✔"
+    assert model.summarize_result("run", {"ok": True, "value": {"flow": "greet", "flow_id": "abc123xyz"}}).plain \
+        == "✔ greet#abc123"
+    failed = model.summarize_result("http", {"ok": False, "error": "interrupted: may or may not\nhave"}, 20)
+    assert failed.plain == "✖ interrupted: may …" and "red" in str(failed.style)
+
+
+def test_resumes_come_from_flow_events() -> None:
+    events = [
+        {"id": 1, "type": "flow", "flow_id": "f", "status": "running", "worker": "w1", "replay": 0, "at": 1.0},
+        {"id": 2, "type": "log", "flow_id": "f", "text": "x"},
+        {"id": 3, "type": "flow", "flow_id": "f", "status": "pending", "lease_lost": "w1", "reason": "worker exited"},
+        {"id": 4, "type": "flow", "flow_id": "other", "status": "running", "worker": "w3", "replay": 9},
+        {"id": 5, "type": "flow", "flow_id": "f", "status": "running", "worker": "w2", "replay": 2, "at": 3.0},
+        {"id": 6, "type": "flow", "flow_id": "f", "status": "waiting"},
+        {"id": 7, "type": "flow", "flow_id": "f", "status": "running", "worker": "w2", "replay": 5, "at": 9.0},
+    ]
+    killed, woken = model.resumes_from_events(reversed(events), "f")
+    assert killed == Resume(3, 2, "w2", "w1", "worker exited", 3.0)
+    assert killed.describe() == "⚡ lease of w1 lost (worker exited) · ↻ resumed on w2, replayed 2 entries"
+    assert woken == Resume(6, 5, "w2", None, None, 9.0)
+
+
+def test_journal_rows_place_each_resume_before_the_first_entry_it_ran() -> None:
+    journal = [entry(1), entry(2), entry(3, "w2"), entry(4, "w2")]
+    resumes = model.resumes_from_journal(journal)
+    assert resumes == [Resume(3, 2, "w2", reason="worker changed")]
+    rows = model.journal_rows(journal, resumes + [Resume(9, 8, "w3")])
+    assert [r["seq"] if isinstance(r, dict) else "R" for r in rows] == [1, 2, "R", 3, 4, "R"]
+
+
+def test_first_error_and_callsites() -> None:
+    journal = [entry(1), entry(2, result={"ok": False, "error": "boom"}), entry(3, result={"ok": False})]
+    assert model.first_error(journal) == 1
+    assert model.first_error(journal[:1]) is None
+    assert model.callsite_of(journal[0]) == ("main.flow", 11)
+    assert model.callsite_of({"callsite": "lib/x.star:7"}) == ("lib/x.star", 7)
+    assert model.callsite_of({"callsite": ""}) is None
+
+
+def test_timeline_bar_shows_start_and_length() -> None:
+    assert model.timeline_bar(entry(1, requested=0, answered=5), 0, 10, 10, now=10).plain == "█████·····"
+    assert model.timeline_bar(entry(1, requested=5, answered=5.01), 0, 10, 10, now=10).plain == "·····█····"
+    open_bar = model.timeline_bar(entry(1, requested=8, answered=None), 0, 10, 10, now=10)
+    assert open_bar.plain == "········░░"
+    assert model.flow_span(flow("f", created=2, finished=None), [entry(1, requested=3, answered=4)], now=9) == (2, 9)
+
+
+def test_journal_columns_share_the_width() -> None:
+    assert column_widths(0) == (16, 12, 10)  # minimums: the table scrolls sideways
+    request, result, bar = column_widths(140)
+    assert request > 16 and result > 12 and bar > 10
+
+
+def test_source_marks_the_line() -> None:
+    text = render_source("a = 1\nb = 2\nc = 3\n", 2)
+    lines = text.plain.splitlines()
+    assert [line.rstrip() for line in lines] == [" 1 a = 1", "▶2 b = 2", " 3 c = 3"]
+
+
+def test_dialog_parsing() -> None:
+    assert parse_delay("5") == 5.0 and parse_delay(" 0.5s ") == 0.5
+    assert parse_delay("0") is None and parse_delay("abc") is None and parse_delay("99999") is None
+    assert deployment_name("nightly.flow") == "nightly"
+    assert deployment_name("lib/my job.flow") == "my-job"
+
+
+class PagedEvents:
+    """A stand-in for the events call alone: ids 1..last, pages of EVENT_PAGE."""
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+        self.calls = 0
+
+    def events(self, after: int = 0, **_: Any) -> dict[str, Any]:
+        self.calls += 1
+        ids = list(range(after + 1, min(after + EVENT_PAGE, self.last) + 1))
+        return {"events": [{"id": i} for i in ids], "cursor": ids[-1] if ids else after}
+
+
+@pytest.mark.parametrize("last", [0, 5, EVENT_PAGE, EVENT_PAGE + 1, 3 * EVENT_PAGE, 123_457])
+def test_latest_cursor_finds_the_newest_event_without_reading_all(last: int) -> None:
+    source = PagedEvents(last)
+    assert latest_cursor(source) == last  # type: ignore[arg-type]
+    assert source.calls <= 4 + 2 * (last + 2).bit_length()
+
+
+def test_the_cli_starts_without_textual() -> None:
+    code = "import sys, flowmetal_cli.main; print('textual' in sys.modules, 'tui' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_tui_command_help_and_usage_errors(tmp_path: Any) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["tui", "--help"])
+    assert result.exit_code == 0 and "interactive debugger" in result.output
+    missing = runner.invoke(cli, ["tui", str(tmp_path / "missing.flow")])
+    assert missing.exit_code == 2
