@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import httpx
-
+from grid_local.api.wire import WireClient, WireError
 from grid_local.home import GridPaths, pid_alive
 
 RESTART_BACKOFF_MAX = 5.0
@@ -81,7 +80,7 @@ class Supervisor:
         self.client_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.client_port}"
         self.worker_url = f"http://127.0.0.1:{self.worker_port}"
         self._lock_file: IO[str] | None = None
-        self.api = httpx.Client(base_url=self.worker_url, timeout=5.0)
+        self.api = WireClient(self.worker_url, timeout=5.0)
 
     def log(self, message: str) -> None:
         print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor: {message}", file=sys.stderr, flush=True)
@@ -135,9 +134,9 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{url}/v1/health", timeout=1.0).status_code in (200, 401):
+                if WireClient(url, timeout=1.0).request("GET", "/v1/health")[0] in (200, 401):
                     return
-            except httpx.HTTPError:
+            except WireError:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"{url} did not become healthy within {timeout:g} s")
@@ -176,7 +175,7 @@ class Supervisor:
                 continue
             try:
                 self.api.post(f"/v1/{kind}/{child.ident}/gone")
-            except httpx.HTTPError as exc:
+            except WireError as exc:
                 self.log(f"could not report {child.ident} gone: {exc}")
 
     def on_exit(self, child: Child, code: int) -> None:

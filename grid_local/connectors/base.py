@@ -7,7 +7,7 @@ import os
 import signal
 from typing import Any
 
-import httpx
+from grid_local.api.wire import WireClient
 
 
 def connector_args(role: str, argv: list[str] | None) -> argparse.Namespace:
@@ -20,14 +20,9 @@ def connector_args(role: str, argv: list[str] | None) -> argparse.Namespace:
     return options
 
 
-def api_client(url: str, connections: int = 16) -> httpx.Client:
-    return httpx.Client(
-        base_url=url, timeout=httpx.Timeout(60.0, connect=5.0),
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-    )
+def api_client(url: str) -> WireClient:
+    return WireClient(url)
 
 
-def record(client: httpx.Client, flow_id: str, seq: int, result: dict[str, Any], executor: str | None) -> None:
-    client.post("/v1/connectors/results", json={
-        "flow_id": flow_id, "seq": seq, "result": result, "executor": executor,
-    }).raise_for_status()
+def record(client: WireClient, flow_id: str, seq: int, result: dict[str, Any], executor: str | None) -> None:
+    client.post("/v1/connectors/results", {"flow_id": flow_id, "seq": seq, "result": result, "executor": executor})

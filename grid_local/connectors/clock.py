@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import time
 
-import httpx
-
+from grid_local.api.wire import WireError
 from grid_local.connectors.base import api_client, connector_args
 
 
 def main(argv: list[str] | None = None) -> None:
     options = connector_args("clock", argv)
-    api = api_client(options.api, connections=4)
+    api = api_client(options.api)
     version = -1
     deadlines: list[dict] = []
     while True:
@@ -24,20 +23,17 @@ def main(argv: list[str] | None = None) -> None:
         due = [d for d in deadlines if d["deadline"] <= now]
         for item in due:
             try:
-                api.post("/v1/connectors/clock/fire", json={"flow_id": item["flow_id"], "seq": item["seq"]})
-            except httpx.HTTPError:
+                api.post("/v1/connectors/clock/fire", {"flow_id": item["flow_id"], "seq": item["seq"]})
+            except WireError:
                 pass
         wait = 10.0
         if deadlines and not due:
             wait = max(min(deadlines[0]["deadline"] - now, 10.0), 0.0)
         try:
-            response = api.get("/v1/connectors/clock/deadlines",
-                               params={"version": -1 if due else version, "wait": f"{wait:.3f}"})
-            response.raise_for_status()
-        except httpx.HTTPError:
+            data = api.get("/v1/connectors/clock/deadlines", {"version": -1 if due else version, "wait": f"{wait:.3f}"})
+        except WireError:
             time.sleep(0.2)
             continue
-        data = response.json()
         version, deadlines = data["version"], data["deadlines"]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from grid_local.api.wire import WireError
 from grid_local.connectors.base import api_client, connector_args, record
 from grid_local.runtime import journal as jr
 
@@ -68,13 +69,14 @@ def main(argv: list[str] | None = None) -> None:
 
     while True:
         try:
-            response = api.post("/v1/connectors/requests/http/claim",
-                                json={"executor": options.executor, "limit": 16, "wait": 10})
-            response.raise_for_status()
-        except httpx.HTTPError:
+            claimed = api.post("/v1/connectors/requests/http/claim",
+                               {"executor": options.executor, "limit": 16, "wait": 10})
+        except WireError as exc:
+            if exc.status == 409:  # declared gone: make way for a new incarnation
+                os._exit(3)
             time.sleep(0.2)
             continue
-        for request in response.json()["requests"]:
+        for request in claimed["requests"]:
             pool.submit(run, request)
 
 

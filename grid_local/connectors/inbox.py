@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import time
 
-import httpx
-
+from grid_local.api.wire import WireError
 from grid_local.connectors.base import api_client, connector_args
 
 
 def main(argv: list[str] | None = None) -> None:
     options = connector_args("inbox", argv)
-    api = api_client(options.api, connections=2)
+    api = api_client(options.api)
     while True:
         try:
-            api.post("/v1/connectors/inbox/deliver", params={"wait": "10"}).raise_for_status()
-        except httpx.HTTPError:
+            api.post("/v1/connectors/inbox/deliver", params={"wait": "10"})
+        except WireError:
             time.sleep(0.2)
 
 

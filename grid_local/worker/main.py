@@ -16,8 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
-
+from grid_local.api.wire import WireClient, WireError
 from grid_local.bundle_format import read_bundle
 from grid_local.errors import LeaseLostError
 from grid_local.runtime.execution import (
@@ -38,7 +37,7 @@ CRASH_ENV = "FLOWMETAL_TEST_CRASH_AFTER_APPENDS"
 class WorkerApiPort:
     """The JournalPort over HTTP: every journal write of this worker goes through here."""
 
-    def __init__(self, client: httpx.Client, worker_id: str, crash_after: int | None = None) -> None:
+    def __init__(self, client: WireClient, worker_id: str, crash_after: int | None = None) -> None:
         self.client = client
         self.worker_id = worker_id
         self.crash_after = crash_after
@@ -46,11 +45,12 @@ class WorkerApiPort:
         self._lock = threading.Lock()
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = self.client.post(path, json=body)
-        if response.status_code == 409:
-            raise LeaseLostError(response.json().get("message", "lease lost"))
-        response.raise_for_status()
-        return response.json()
+        try:
+            return self.client.post(path, body)
+        except WireError as exc:
+            if exc.status == 409:
+                raise LeaseLostError(str(exc)) from None
+            raise
 
     def append(self, task: FlowTask, entry: JournalEntry) -> dict[str, Any] | None:
         body = {
@@ -75,11 +75,7 @@ class WorkerApiPort:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            response = self.client.get(
-                f"/v1/flows/{task.flow_id}/journal/{seq}", params={"wait": f"{max(remaining, 0):.3f}"}
-            )
-            response.raise_for_status()
-            data = response.json()
+            data = self.client.get(f"/v1/flows/{task.flow_id}/journal/{seq}", params={"wait": f"{max(remaining, 0):.3f}"})
             if data["result"] is not None:
                 return data["result"]
             if data["status"] in ("cancelled", "failed", "completed"):
@@ -104,10 +100,7 @@ class Worker:
     def __init__(self, api_url: str, worker_id: str, max_flows: int = 64) -> None:
         self.worker_id = worker_id
         self.max_flows = max_flows
-        self.client = httpx.Client(
-            base_url=api_url, timeout=httpx.Timeout(60.0, connect=5.0),
-            limits=httpx.Limits(max_connections=max_flows + 8, max_keepalive_connections=max_flows + 8),
-        )
+        self.client = WireClient(api_url)
         crash = os.environ.get(CRASH_ENV)
         self.port = WorkerApiPort(self.client, worker_id, int(crash) if crash else None)
         self.pool = ThreadPoolExecutor(max_workers=max_flows, thread_name_prefix="flow")
@@ -125,12 +118,13 @@ class Worker:
                 time.sleep(0.01)
                 continue
             try:
-                response = self.client.post("/v1/workers/claim", json={"worker": self.worker_id, "limit": free, "wait": 10})
-                response.raise_for_status()
-            except httpx.HTTPError:
+                claimed = self.client.post("/v1/workers/claim", {"worker": self.worker_id, "limit": free, "wait": 10})
+            except WireError as exc:
+                if exc.status == 409:  # the grid declared this incarnation gone: make way for a new one
+                    os._exit(3)
                 time.sleep(0.2)
                 continue
-            for task in response.json()["tasks"]:
+            for task in claimed["tasks"]:
                 self.pool.submit(self._execute, task)
 
     def stop(self) -> None:
@@ -141,9 +135,8 @@ class Worker:
             with self._lock:
                 held = list(self.running)
             try:
-                response = self.client.post(f"/v1/workers/{self.worker_id}/heartbeat", json={"flows": held})
-                stop = response.json().get("stop", []) if response.status_code == 200 else []
-            except httpx.HTTPError:
+                stop = self.client.post(f"/v1/workers/{self.worker_id}/heartbeat", {"flows": held}).get("stop", [])
+            except WireError:
                 continue
             with self._lock:
                 for flow_id in stop:
@@ -152,9 +145,7 @@ class Worker:
 
     def _sources(self, digest: str) -> tuple[MappingSource, Limits]:
         if digest not in self._bundles:
-            response = self.client.get(f"/v1/bundles/{digest}")
-            response.raise_for_status()
-            bundle = read_bundle(response.content, digest)
+            bundle = read_bundle(self.client.get_bytes(f"/v1/bundles/{digest}"), digest)
             self._bundles[digest] = (MappingSource(bundle.files), Limits.from_settings(bundle.settings))
         return self._bundles[digest]
 

@@ -245,8 +245,8 @@ def test_fifty_flows_while_workers_are_killed(grid: Grid) -> None:
         if __name__ == "__flow__":
             n = fctx().args.n
             total = 0
-            for i in range(3):
-                fctx().actions.sleep(0.05)
+            for i in range(5):
+                fctx().actions.sleep(0.2)
                 total += square(n = n + i)
             print(total)
     """)
@@ -263,12 +263,12 @@ def test_fifty_flows_while_workers_are_killed(grid: Grid) -> None:
             if workers:
                 os.kill(rng.choice(workers)["pid"], signal.SIGKILL)
                 kills += 1
-        time.sleep(0.4)
+        time.sleep(0.25)
     assert kills >= 3
     for flow_id, n in ids.items():
         flow = grid.client.get_flow(flow_id)
         assert flow["status"] == "completed", (flow_id, flow["error"])
-        assert grid.logs(flow_id) == [str(sum((n + i) ** 2 for i in range(3)))]
-        assert len(flow["children"]) == 3, "a child flow was started twice"
+        assert grid.logs(flow_id) == [str(sum((n + i) ** 2 for i in range(5)))]
+        assert len(flow["children"]) == 5, "a child flow was started twice"
         results = [e for e in flow["journal"] if e["result"] is not None]
         assert len({e["seq"] for e in results}) == len(results)

@@ -1,0 +1,103 @@
+"""The internal JSON-over-HTTP client of workers, connectors and the supervisor (Worker API calls).
+
+Plain ``http.client`` with one keep-alive connection per thread: it costs a fraction of httpx's
+memory in each of the grid's small processes and of its per-call overhead on the hot path of
+every action. The user-facing client (flowmetal_cli.client) stays on httpx.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from grid_local.errors import GridError
+
+
+class WireError(GridError):
+    """The Worker API could not be reached, or answered with an error status."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WireClient:
+    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
+        parts = urlsplit(base_url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self._local.connection = connection
+        return connection
+
+    def _drop(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+        self._local.connection = None
+
+    def request(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """Send one request; returns (status, decoded JSON body). Retries once on a stale keep-alive."""
+        if params:
+            path = f"{path}?{urlencode(params)}"
+        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        for attempt in (1, 2):
+            connection = self._connection()
+            try:
+                connection.request(method, path, body=payload, headers=headers)
+                response = connection.getresponse()
+                raw = response.read()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self._drop()
+                if attempt == 2:
+                    raise WireError(f"{method} {path}: {exc}") from None
+            except (OSError, http.client.HTTPException, socket.timeout) as exc:
+                self._drop()
+                raise WireError(f"{method} {path}: {exc}") from None
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            data = {"message": raw[:200].decode("utf-8", "replace")}
+        return response.status, data
+
+    def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+        """Like request(), but any status >= 400 raises WireError with the API's message."""
+        status, data = self.request(method, path, body, params)
+        if status >= 400:
+            message = data.get("message") if isinstance(data, dict) else data
+            raise WireError(f"{method} {path}: {status} {message}", status)
+        return data
+
+    def post(self, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+        return self.call("POST", path, {} if body is None else body, params)
+
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return self.call("GET", path, None, params)
+
+    def get_bytes(self, path: str) -> bytes:
+        connection = self._connection()
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop()
+            raise WireError(f"GET {path}: {exc}") from None
+        if response.status >= 400:
+            raise WireError(f"GET {path}: {response.status}", response.status)
+        return raw
+
+    def close(self) -> None:
+        self._drop()
