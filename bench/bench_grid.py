@@ -38,11 +38,13 @@ SCRIPTS = {
     "fanout.flow": (
         "def _leaf_impl(fctx):\n    return fctx.args.i\n\n"
         "leaf = flow(implementation = _leaf_impl)\n\n"
-        "a = fctx().actions\n"
-        "tasks = [a.run(leaf, i = i) for i in range(100)]\n"
-        "total = 0\n"
-        "for r in a.wait(tasks):\n    total += unwrap(r)\n"
-        "print(total)\n"
+        "def main():\n"
+        "    a = fctx().actions\n"
+        "    tasks = [a.run(leaf, i = i) for i in range(100)]\n"
+        "    total = 0\n"
+        "    for r in a.wait(tasks):\n        total += unwrap(r)\n"
+        "    print(total)\n\n"
+        "if __name__ == \"__flow__\":\n    main()\n"
     ),
     "naps.flow": "a = fctx().actions\nfor i in range(20):\n    a.sleep(0.1)\n",
 }
