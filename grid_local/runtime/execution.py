@@ -159,6 +159,19 @@ class FlowExecution:
             _current.execution = outer
 
     def _run(self) -> Outcome:
+        outcome = self._evaluate()
+        if isinstance(outcome, Completed) and self._seq < len(self.journal):
+            # The script finished without reaching actions the journal recorded: it changed under the flow.
+            extra = self.journal[self._seq]
+            return Failed(
+                f"non-determinism: the script completed after {self._seq} actions, but the journal recorded "
+                f"{len(self.journal)}; the first not requested again is entry {extra.seq}, "
+                f"{extra.kind}({journal.canonical_json(extra.args)})" + (f" at {extra.callsite}" if extra.callsite else ""),
+                kind="NonDeterminismError",
+            )
+        return outcome
+
+    def _evaluate(self) -> Outcome:
         module_path = self.task.entry["module"]
         function = self.task.entry.get("function")
         try:

@@ -329,3 +329,21 @@ def test_non_json_flow_result_fails_the_child(flow_project):
     first, second = grid.output(root)
     assert first.startswith("flow f failed: the result of flow f is not JSON-representable")
     assert second == "flow g failed: the result of flow g: value has a non-string key 1"
+
+
+def test_script_that_stops_short_of_its_journal_is_non_deterministic(tmp_path) -> None:
+    """A replay that completes without reaching every recorded action means the script changed."""
+    from grid_local.runtime.execution import Failed, FlowExecution, FlowTask, Limits
+    from grid_local.runtime.memory import MemoryGrid
+    from grid_local.runtime.sources import DirectorySource
+
+    script = tmp_path / "short.flow"
+    script.write_text("fctx().actions.now()\nfctx().actions.uuid()\n")
+    grid = MemoryGrid(DirectorySource(tmp_path))
+    flow_id, _ = grid.run({"module": "short.flow", "function": None})
+    recorded = list(grid.journals[flow_id])
+    script.write_text("fctx().actions.now()\n")
+    task = FlowTask(flow_id, {"module": "short.flow", "function": None}, {}, {"username": "u", "path": "/u"}, recorded)
+    outcome = FlowExecution(task, DirectorySource(tmp_path), grid, Limits()).run()
+    assert isinstance(outcome, Failed) and outcome.kind == "NonDeterminismError"
+    assert "entry 2, uuid({})" in outcome.message and "short.flow:2" in outcome.message
