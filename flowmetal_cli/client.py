@@ -8,7 +8,9 @@ backoff; 429 honours Retry-After.
 
 from __future__ import annotations
 
+import email.utils
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -16,6 +18,12 @@ import httpx
 from grid_local.errors import FlowmetalError
 
 RETRIES = 3
+RETRY_AFTER_MAX = 30.0
+"""The longest a 429's Retry-After is honoured for (seconds); longer waits are the caller's choice."""
+UPLOAD_CHUNK = 256 * 1024
+
+Progress = Callable[[int, int], None]
+"""Upload progress: called with (bytes sent so far, total bytes)."""
 
 
 class ClientError(FlowmetalError):
@@ -43,11 +51,51 @@ class NotFound(ClientError):
 
 
 def _message(response: httpx.Response) -> str:
+    """The grid's ``{error, message}``, else the body, as one short line (an HTML error page is not)."""
     try:
         data = response.json()
-        return str(data.get("message") or data.get("detail") or response.text)
     except ValueError:
-        return response.text.strip() or response.reason_phrase
+        data = None
+    if isinstance(data, dict) and (data.get("message") or data.get("detail")):
+        text = str(data.get("message") or data.get("detail"))
+    else:
+        text = response.text
+    text = " ".join(text.split())
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return text or response.reason_phrase or f"HTTP {response.status_code}"
+
+
+def retry_after(response: httpx.Response, default: float = 1.0) -> float:
+    """Seconds to wait before retrying a 429: Retry-After as seconds or an HTTP date, capped."""
+    raw = (response.headers.get("retry-after") or "").strip()
+    seconds = default
+    if raw:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(raw)
+                seconds = when.timestamp() - time.time()
+            except (TypeError, ValueError, IndexError, OverflowError):
+                seconds = default
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
+
+
+class _Chunks:
+    """A bundle's bytes as an iterable body that reports progress, and can be sent again on a retry."""
+
+    def __init__(self, data: bytes, progress: Progress) -> None:
+        self.data = data
+        self.progress = progress
+
+    def __iter__(self) -> Iterator[bytes]:
+        total = len(self.data)
+        self.progress(0, total)
+        for start in range(0, total, UPLOAD_CHUNK):
+            chunk = self.data[start:start + UPLOAD_CHUNK]
+            yield chunk
+            self.progress(start + len(chunk), total)
 
 
 class GridClient:
@@ -78,8 +126,11 @@ class GridClient:
             except httpx.ConnectError as exc:
                 if "SSL" in str(exc) or "certificate" in str(exc).lower():
                     raise GridUnreachable(f"TLS error talking to context '{self.context}' at {self.url}: {exc}") from None
+                reason = " ".join(str(exc).split())
+                if not reason or "refused" in reason.lower():
+                    reason = "connection refused"
                 raise GridUnreachable(f"cannot reach the grid of context '{self.context}' at {self.url} "
-                                      f"(connection refused)") from None
+                                      f"({reason})") from None
             except httpx.TimeoutException:
                 if idempotent and attempt < RETRIES:
                     continue
@@ -88,7 +139,7 @@ class GridClient:
                 raise GridUnreachable(f"cannot talk to the grid of context '{self.context}' at {self.url}: {exc}") from None
             status = response.status_code
             if status == 429 and attempt < RETRIES:
-                time.sleep(min(float(response.headers.get("retry-after", "1") or 1), 30.0))
+                time.sleep(retry_after(response))
                 continue
             if status >= 500 and idempotent and attempt < RETRIES:
                 time.sleep(self.retry_pause * 2 ** (attempt - 1))
@@ -97,8 +148,9 @@ class GridClient:
                 return response
             message = _message(response)
             if status in (401, 403):
-                detail = "the token was refused" if status == 401 else "permission denied"
-                raise Refused(f"context '{self.context}': {detail}: {message}", status)
+                detail = "the token was refused" if status == 401 else "the token was refused here (permission denied)"
+                said = detail if message.lower() in (detail, "the token was refused") else f"{detail}: {message}"
+                raise Refused(f"context '{self.context}': {said}", status)
             if status == 429:
                 raise Refused(f"context '{self.context}': quota exceeded: {message}", status)
             if status == 404:
@@ -112,7 +164,12 @@ class GridClient:
             raise ClientError(f"the grid failed ({status}): {message}", status)
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.request(method, path, **kwargs).json()
+        response = self.request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise ClientError(f"the grid of context '{self.context}' at {self.url} answered {method} {path} "
+                              f"with something other than JSON ({response.status_code})") from None
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -126,9 +183,14 @@ class GridClient:
         except NotFound:
             return False
 
-    def upload_bundle(self, data: bytes, digest: str) -> dict[str, Any]:
-        return self._json("PUT", f"/v1/bundles/{digest}", content=data,
-                          headers={"Content-Type": "application/zip"})
+    def upload_bundle(self, data: bytes, digest: str, progress: Progress | None = None) -> dict[str, Any]:
+        """PUT the archive; ``progress`` (sent, total) is called as it goes out (again from 0 on a retry)."""
+        headers = {"Content-Type": "application/zip"}
+        if progress is None:
+            return self._json("PUT", f"/v1/bundles/{digest}", content=data, headers=headers)
+        # An explicit Content-Length keeps the body un-chunked (the grid checks it before reading).
+        headers["Content-Length"] = str(len(data))
+        return self._json("PUT", f"/v1/bundles/{digest}", content=_Chunks(data, progress), headers=headers)
 
     def get_bundle(self, digest: str) -> bytes:
         return self.request("GET", f"/v1/bundles/{digest}").content

@@ -1,0 +1,220 @@
+"""Every template, generated with `flowmetal new` and run as generated with `flowmetal run --context=local`.
+
+One local grid for the module; templates that call HTTP are pointed (with --arg) at loopback
+servers that count what they receive, and the webhook listener is driven with `flowmetal send`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grid_local.home import GridPaths
+from grid_local.supervisor import start_background
+from tests.integration.conftest import CountingServer, Grid, grid_env, stop_grid
+
+TEMPLATES = ["hello", "ci", "webhook", "rest", "batch"]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
+    """A local grid shared by the module's tests (each test scaffolds its own project folder)."""
+    tmp = tmp_path_factory.mktemp("templates")
+    env = {**grid_env(tmp), "PYTHONUNBUFFERED": "1"}
+    paths = GridPaths(Path(env["FLOWMETAL_HOME"]))
+    projects = tmp / "projects"
+    projects.mkdir()
+    found: Grid | None = None
+    try:
+        found = Grid(paths, start_background(paths, workers=2), env, projects)
+        yield found
+    finally:
+        if found is not None:
+            found.client.close()
+        stop_grid(paths)
+
+
+def scaffold(grid: Grid, template: str, name: str | None = None) -> Path:
+    name = name or f"my-{template}"
+    done = grid.cli("new", name, "--template", template)
+    assert done.returncode == 0, done.stderr
+    entry = grid.project / name / "main.flow"
+    assert entry.is_file()
+    return entry
+
+
+def run(grid: Grid, entry: Path, *args: str) -> Any:
+    done = grid.cli("run", "--context=local", *args, str(entry))
+    assert '.py", line' not in done.stderr, done.stderr  # no Python traceback (Starlark's are expected)
+    return done
+
+
+class RestApis:
+    """A source API (GET /items: a JSON list; the first GET answers 503) and a target (POST /records)."""
+
+    def __init__(self, items: int = 7) -> None:
+        self.items = [{"id": n, "title": f"item {n}", "completed": n % 2 == 0} for n in range(1, items + 1)]
+        self.gets = 0
+        self.records: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                with outer.lock:
+                    outer.gets += 1
+                    first = outer.gets == 1
+                if first:
+                    self._send(503, {"error": "warming up"})
+                else:
+                    self._send(200, outer.items)
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"null")
+                if self.path.startswith("/broken"):
+                    self._send(500, {"error": "down"})
+                    return
+                with outer.lock:
+                    outer.records.append((self.headers.get("idempotency-key", ""), body))
+                self._send(201, {"saved": body["external_id"]})
+
+            def _send(self, status: int, value: Any) -> None:
+                payload = json.dumps(value).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def rest_apis() -> Iterator[RestApis]:
+    apis = RestApis()
+    try:
+        yield apis
+    finally:
+        apis.close()
+
+
+def test_hello(grid: Grid) -> None:
+    done = run(grid, scaffold(grid, "hello"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"Hello from Flowmetal, {getpass.getuser()}!\n"
+
+
+def test_ci_green_posts_its_status(grid: Grid, http_server: CountingServer) -> None:
+    entry = scaffold(grid, "ci")
+    done = run(grid, entry, "--arg", "repo=acme/web", "--arg", f"status_url={http_server.url}/status")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "pipeline passed"
+    assert any(line.startswith("checkout | checkout acme/web@main -> ") for line in lines)
+    for suite, tests in (("integration", 2), ("lint", 2), ("unit", 3)):
+        assert f"  PASS {suite} ({tests} tests)" in lines
+    assert http_server.count("/status") == 1
+
+
+def test_ci_red_exits_one(grid: Grid) -> None:
+    done = run(grid, scaffold(grid, "ci", "red-ci"), "--arg", "fail=unit.test_parse", "--arg", "suites=unit,lint")
+    assert done.returncode == 1
+    assert "  FAIL unit: " in done.stdout and "  PASS lint (2 tests)" in done.stdout
+    assert "pipeline failed: unit" in done.stderr
+
+
+def test_rest_copies_records_with_retries(grid: Grid, rest_apis: RestApis) -> None:
+    entry = scaffold(grid, "rest", "sync")
+    done = run(grid, entry, "--arg", f"source_url={rest_apis.url}/items",
+               "--arg", f"target_url={rest_apis.url}/records")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "copied 5 of 5 records"
+    assert rest_apis.gets == 2  # the 503 was retried once
+    keys = sorted(key for key, _ in rest_apis.records)
+    assert keys == [f"sync-{n}" for n in range(1, 6)]  # one POST per record, each with its key
+    assert {"external_id": "2", "title": "item 2", "done": True} in [body for _, body in rest_apis.records]
+
+
+def test_rest_fails_when_the_target_stays_down(grid: Grid, rest_apis: RestApis) -> None:
+    entry = scaffold(grid, "rest", "sync-down")
+    done = run(grid, entry, "--arg", f"source_url={rest_apis.url}/items",
+               "--arg", f"target_url={rest_apis.url}/broken", "--arg", "limit=1")
+    assert done.returncode == 1
+    assert "copied 0 of 1 records" in done.stdout
+    assert "1 of 1 records could not be copied" in done.stderr
+
+
+def test_batch_samples(grid: Grid) -> None:
+    done = run(grid, scaffold(grid, "batch"), "--arg", "count=4", "--arg", "parallelism=2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["batch | 2 of 4 jobs done", "batch | 4 of 4 jobs done", "4 jobs: 4 ok, 0 failed"]
+
+
+def test_batch_given_jobs_with_a_failure(grid: Grid, http_server: CountingServer) -> None:
+    jobs = [{"id": "a", "n": 3}, {"id": "b", "url": f"{http_server.url}/batch"}, {"id": "c", "fail": True}]
+    done = run(grid, scaffold(grid, "batch", "given"), "--args-json", json.dumps({"jobs": jobs, "parallelism": 2}))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:3] == ["batch | 2 of 3 jobs done", "batch | 3 of 3 jobs done", "3 jobs: 2 ok, 1 failed"]
+    assert lines[3].startswith("  c: ") and "job c was asked to fail" in lines[3]
+    assert http_server.count("/batch") == 1
+
+
+def wait_for_log(grid: Grid, flow_id: str, text: str, timeout: float = 20.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = grid.logs(flow_id)
+        if any(text in line for line in lines):
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {grid.logs(flow_id)}")
+
+
+def test_webhook_reacts_to_sent_messages(grid: Grid, http_server: CountingServer) -> None:
+    entry = scaffold(grid, "webhook", "hooks")
+    started = run(grid, entry, "--detach", "--arg", f"notify_url={http_server.url}/notify")
+    assert started.returncode == 0, started.stderr
+    flow_id = started.stdout.strip()
+    wait_for_log(grid, flow_id, "listening on inbox _stdin")
+    for message in ('{"type": "ping"}', '{"type": "push", "repo": "acme/api", "ref": "main"}',
+                    '{"type": "deploy"}', '{"type": "stop"}'):
+        sent = grid.cli("send", flow_id, message)
+        assert sent.returncode == 0, sent.stderr
+        time.sleep(0.05)  # messages are delivered in order anyway; this keeps the log easy to read
+    flow = grid.wait(flow_id)
+    assert flow["status"] == "completed", flow
+    logs = grid.logs(flow_id)
+    assert logs == [f"hooks listening on inbox _stdin of flow {flow_id}", "reply: pong", "build: build acme/api@main",
+                    "ignore: no reaction to events of type 'deploy'", "stopping: asked to", "handled 3 events"]
+    assert http_server.count("/notify") == 2  # ignored events are not posted
+
+
+def test_webhook_idle_timeout_ends_an_attached_run(grid: Grid) -> None:
+    done = run(grid, scaffold(grid, "webhook", "idle"), "--arg", "idle_timeout=0.5")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("idle listening on inbox _stdin of flow ")
+    assert lines[1].startswith("stopping: ") and lines[2] == "handled 0 events"
+
+
+def test_every_template_is_covered() -> None:
+    listed = Path(__file__).resolve().parents[2] / "templates"
+    assert sorted(p.name for p in listed.iterdir() if p.is_dir()) == sorted(TEMPLATES)
