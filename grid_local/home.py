@@ -1,9 +1,11 @@
-"""Where a local grid keeps its state: ``$FLOWMETAL_HOME`` (default: the user's data directory)."""
+"""Where a local grid keeps its state (``$FLOWMETAL_HOME``, default: the user's data directory), and process helpers."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,11 @@ class GridPaths:
         return self.home / "grid.json"
 
     @property
+    def workspaces(self) -> Path:
+        """Scratch directories of workspace resources, one folder per flow."""
+        return self.home / "workspaces"
+
+    @property
     def tokens(self) -> Path:
         return self.home / "tokens.toml"
 
@@ -69,3 +76,9 @@ def pid_alive(pid: object) -> bool:
             return stat.read().split(") ", 1)[1][0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def die_with_parent() -> None:
+    """For ``preexec_fn``: the child gets SIGKILL when its parent dies, however the parent dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

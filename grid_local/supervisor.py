@@ -10,7 +10,6 @@ are bound to it with PR_SET_PDEATHSIG so none outlives it.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import fcntl
 import os
 import signal
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from grid_local.api.wire import WireClient, WireError
-from grid_local.home import GridPaths, pid_alive
+from grid_local.home import GridPaths, die_with_parent, pid_alive
 
 RESTART_BACKOFF_MAX = 5.0
 STABLE_AFTER = 10.0
@@ -35,10 +34,9 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def _die_with_supervisor() -> None:
     """Runs in the child before exec: SIGKILL it when the supervisor dies, however it dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent()
     os.setpgid(0, 0)
 
 
@@ -113,10 +111,10 @@ class Supervisor:
             self.children.append(Child("worker", f"worker-{number}",
                                        [python, "-m", "grid_local.worker.main", "--api", self.worker_url,
                                         "--name", f"worker-{number}"]))
-        for role in ("clock", "http", "inbox"):
+        for role in ("clock", "http", "inbox", "resources"):
             self.children.append(Child(f"connector:{role}", role,
                                        [python, "-m", f"grid_local.connectors.{role}", "--api", self.worker_url,
-                                        "--name", role]))
+                                        "--name", role, "--home", home]))
 
     def spawn(self, child: Child) -> None:
         self.paths.logs.mkdir(parents=True, exist_ok=True)
@@ -125,7 +123,7 @@ class Supervisor:
         env = {**os.environ, **child.env, "PYTHONUNBUFFERED": "1"}
         child.process = subprocess.Popen(
             child.argv, stdout=child.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_supervisor,
         )
         child.started = time.time()
         child.restart_at = None

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from grid_local.api.notify import Notifier, PeerPoke, wait_for, watch_other_writers
 from grid_local.db.store import FlowStore
 from grid_local.errors import FlowmetalError, LeaseLostError, NotFoundError
-from grid_local.runtime.journal import ALL_KINDS, JournalEntry
+from grid_local.runtime.journal import ALL_KINDS, CONNECTOR_KINDS, JournalEntry
 
 MAX_BODY = 4 * 1024 * 1024
 MAX_WAIT = 30.0
@@ -208,7 +208,9 @@ class WorkerApi:
     # -- connectors -----------------------------------------------------------------------------
 
     async def claim_requests(self, request: Request) -> Response:
-        kind = request.path_params["kind"]
+        kinds = request.path_params["kind"].split(",")
+        if not set(kinds) <= CONNECTOR_KINDS:
+            raise BadRequest(f"connectors perform only {', '.join(sorted(CONNECTOR_KINDS))}")
         data = await read_json(request)
         executor = field(data, "executor", str)
         limit = field(data, "limit", int, 16)
@@ -217,8 +219,8 @@ class WorkerApi:
         while True:
             if executor in self.gone or await request.is_disconnected():
                 raise LeaseLostError(f"connector {executor} is gone")
-            with self.notifier.subscribe(("requests", kind)) as woken:
-                claimed = await self.db.claim_requests(kind, executor, max(1, min(limit, 100)))
+            with self.notifier.subscribe(*[("requests", kind) for kind in kinds]) as woken:
+                claimed = await self.db.claim_requests(kinds, executor, max(1, min(limit, 100)))
                 if claimed and executor in self.gone:  # declared dead while claiming
                     await self.db.release_executor(executor)
                     raise LeaseLostError(f"connector {executor} is gone")
@@ -265,6 +267,12 @@ class WorkerApi:
                 delivered = await self.db.deliver_pending()
         return JSONResponse({"delivered": delivered})
 
+    async def finished(self, request: Request) -> Response:
+        """The resources connector's question: which of these flows have ended?"""
+        data = await read_json(request)
+        flow_ids = [str(f) for f in field(data, "flow_ids", list)][:1000]
+        return JSONResponse({"finished": await self.db.finished_among(flow_ids)})
+
     async def health(self, request: Request) -> Response:
         return JSONResponse({"ok": True, "db": str(self.db_path)})
 
@@ -285,6 +293,7 @@ class WorkerApi:
             Route("/v1/connectors/clock/deadlines", handle_errors(self.deadlines)),
             Route("/v1/connectors/clock/fire", handle_errors(self.fire), methods=["POST"]),
             Route("/v1/connectors/inbox/deliver", handle_errors(self.deliver), methods=["POST"]),
+            Route("/v1/connectors/resources/finished", handle_errors(self.finished), methods=["POST"]),
         ]
         return Starlette(routes=routes, lifespan=self.lifespan)
 

@@ -14,6 +14,7 @@ def connector_args(role: str, argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"flowmetal-{role}", description=f"The Flowmetal {role} connector.")
     parser.add_argument("--api", required=True, help="Worker API base URL")
     parser.add_argument("--name", default=role)
+    parser.add_argument("--home", default=None, help="The grid's FLOWMETAL_HOME (for connectors keeping files)")
     options = parser.parse_args(argv)
     options.executor = f"{options.name}.{os.getpid()}"
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

@@ -387,8 +387,8 @@ class FlowStore:
                 result = jr.ok(None)
             if result is not None:
                 await self._set_result(db, flow, entry.seq, entry.kind, entry.args, result)
-            elif entry.kind == "http":
-                self.notes.add(("requests", "http"))
+            elif entry.kind in jr.CONNECTOR_KINDS:
+                self.notes.add(("requests", entry.kind))
             if deadline is not None and result is None:
                 self.notes.add(("deadlines",))
             return result
@@ -436,7 +436,7 @@ class FlowStore:
         spec = args["flow"]
         child_id = new_id()
         now = time.time()
-        entry = {"module": spec["module"], "function": spec["function"]}
+        entry = {"module": spec["module"], "function": spec["function"], "resources": args.get("resources") or {}}
         await db.execute(
             "INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, created, "
             "updated, runnable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 1)",
@@ -624,14 +624,15 @@ class FlowStore:
 
     # -- connectors ---------------------------------------------------------------------------
 
-    async def claim_requests(self, kind: str, executor: str, limit: int) -> list[dict[str, Any]]:
-        """Lease open requests of ``kind`` to a connector, each for its timeout plus a grace period."""
+    async def claim_requests(self, kinds: list[str], executor: str, limit: int) -> list[dict[str, Any]]:
+        """Lease open requests of these kinds to a connector, each for its timeout plus a grace period."""
         now = time.time()
+        marks = ",".join("?" * len(kinds))
         async with self.write() as db:
             rows = await self._all(
-                "SELECT flow_id, seq, args FROM journal WHERE kind = ? AND result IS NULL AND executor IS NULL "
-                "ORDER BY requested_at LIMIT ?",
-                kind, limit,
+                f"SELECT flow_id, seq, kind, args FROM journal WHERE kind IN ({marks}) AND result IS NULL "
+                "AND executor IS NULL ORDER BY requested_at LIMIT ?",
+                *kinds, limit,
             )
             claimed = []
             for row in rows:
@@ -641,8 +642,21 @@ class FlowStore:
                     "UPDATE journal SET executor = ?, executor_expires = ? WHERE flow_id = ? AND seq = ?",
                     (executor, expires, row["flow_id"], row["seq"]),
                 )
-                claimed.append({"flow_id": row["flow_id"], "seq": row["seq"], "args": args})
+                claimed.append({"flow_id": row["flow_id"], "seq": row["seq"], "kind": row["kind"], "args": args})
             return claimed
+
+    async def finished_among(self, flow_ids: list[str]) -> list[str]:
+        """Which of these flows have ended (their resources can be closed)."""
+        if not flow_ids:
+            return []
+        marks = ",".join("?" * len(flow_ids))
+        rows = await self._all(
+            f"SELECT id FROM flows WHERE id IN ({marks}) AND status IN ('completed', 'failed', 'cancelled')",
+            *flow_ids,
+        )
+        known = {r["id"] for r in await self._all(f"SELECT id FROM flows WHERE id IN ({marks})", *flow_ids)}
+        # A flow the Flow DB never heard of (a database wiped under the workspaces) has ended too.
+        return sorted({r["id"] for r in rows} | (set(flow_ids) - known))
 
     async def open_deadlines(self) -> list[dict[str, Any]]:
         rows = await self._all(

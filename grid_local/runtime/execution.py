@@ -174,6 +174,10 @@ class FlowExecution:
     def _evaluate(self) -> Outcome:
         module_path = self.task.entry["module"]
         function = self.task.entry.get("function")
+        if function:
+            refused = self._open_resources()
+            if refused is not None:
+                return refused
         try:
             module = self._evaluate_main(module_path, "__flow__" if not function else module_path)
             if not function:
@@ -193,6 +197,20 @@ class FlowExecution:
             return self._outcome_of(exc)
         except (ScriptError, ArgumentError) as exc:
             return Failed(str(exc), getattr(exc, "detail", "") or str(exc), kind=type(exc).__name__)
+
+    def _open_resources(self) -> Outcome | None:
+        """Open the child's resources (each a journaled ``open`` action) before its implementation runs."""
+        for name, spec in sorted((self.task.entry.get("resources") or {}).items()):
+            try:
+                result = self.on_action("open", json.dumps({"name": name, "spec": spec}), "")
+            except _Suspend as suspended:
+                return Suspended(suspended.seq)
+            except FlowmetalError as exc:
+                return Failed(str(exc), kind=type(exc).__name__)
+            if not result["ok"]:
+                return Failed(f"cannot open resource '{name}': {result['error']}", kind="ResourceError")
+            self.task.resources[name] = result["value"]
+        return None
 
     def _outcome_of(self, exc: sl.StarlarkError) -> Outcome:
         text = str(exc)

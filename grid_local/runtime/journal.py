@@ -16,7 +16,9 @@ LOCAL_KINDS = frozenset({"now", "random", "uuid", "print"})
 # Kinds the Flow DB answers in the same transaction as the request (no executor that could die).
 ATOMIC_KINDS = frozenset({"run", "send"})
 # Kinds answered later, by a connector or by other flows finishing.
-DEFERRED_KINDS = frozenset({"wait", "sleep", "receive", "http"})
+DEFERRED_KINDS = frozenset({"wait", "sleep", "receive", "http", "open", "exec"})
+# Kinds leased to a connector that performs them: interrupted (never re-run) if it dies holding them.
+CONNECTOR_KINDS = frozenset({"http", "open", "exec"})
 ALL_KINDS = LOCAL_KINDS | ATOMIC_KINDS | DEFERRED_KINDS
 
 INTERRUPTED = "interrupted: may or may not have taken effect"
@@ -103,7 +105,7 @@ def err(message: str, traceback: str = "") -> dict[str, Any]:
 
 
 _FRAME = re.compile(r"^\s*\* (?P<file>[^:\n]+):(?P<line>\d+), in (?P<fn>\S+)", re.M)
-RUNTIME_FILES = frozenset({"prelude.star", "http.star", "<prelude>"})
+RUNTIME_FILES = frozenset({"prelude.star", "http.star", "workspace.star", "<prelude>", "<flow entry>"})
 
 
 def user_callsite(call_stack: str) -> str:

@@ -63,7 +63,8 @@ class MemoryGrid:
             return None
         if entry.kind == "run":
             spec = entry.args["flow"]
-            child = self.start({"module": spec["module"], "function": spec["function"]}, entry.args["args"], spec["name"])
+            child = self.start({"module": spec["module"], "function": spec["function"],
+                                "resources": entry.args.get("resources") or {}}, entry.args["args"], spec["name"])
             entry.result = journal.ok({"flow_id": child, "flow": spec["name"]})
         elif entry.kind == "wait":
             results = []

@@ -19,6 +19,7 @@ BUILTIN_LIBRARIES = {
     "pkg.flowmetal.io/prelude/v1": "prelude.star",
     "pkg.flowmetal.io/v1/prelude": "prelude.star",
     "pkg.flowmetal.io/http/v1": "http.star",
+    "pkg.flowmetal.io/workspace/v1": "workspace.star",
 }
 PRELUDE_VERSION = "v1"
 

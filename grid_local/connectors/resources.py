@@ -1,0 +1,122 @@
+"""The resources connector: opens, serves and closes flow resources (local workspaces).
+
+A workspace is a folder under ``$FLOWMETAL_HOME/workspaces/<flow>/<name>``. ``open`` and
+``exec`` are journaled actions leased to this process like HTTP requests (interrupted, never
+re-run, if it dies holding one). Closing needs no bookkeeping that a crash could lose: a sweep
+removes the folder of every flow the Flow DB says has ended, so nothing outlives its flow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from grid_local.api.wire import WireClient, WireError
+from grid_local.connectors.base import api_client, connector_args, record
+from grid_local.home import die_with_parent
+from grid_local.runtime import journal as jr
+
+MAX_OUTPUT = 1024 * 1024
+SWEEP_SECONDS = 0.5
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+KINDS = ("workspace",)
+
+
+class Workspaces:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def open(self, flow_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        name, spec = str(args.get("name", "")), args.get("spec") or {}
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        if kind not in KINDS:
+            return jr.err(f"resource '{name}': this grid cannot open resources of kind '{kind}' "
+                          f"(it supports: {', '.join(KINDS)})")
+        if not _NAME.match(name) or not _NAME.match(flow_id):
+            return jr.err(f"resource '{name}': invalid name")
+        path = self.root / flow_id / name
+        path.mkdir(parents=True, exist_ok=True)
+        return jr.ok({"kind": "workspace", "name": name, "flow_id": flow_id, "path": str(path)})
+
+    def exec(self, args: dict[str, Any]) -> dict[str, Any]:
+        resource = args.get("resource") or {}
+        argv = [str(a) for a in args.get("argv") or []]
+        if not argv:
+            return jr.err("exec: no command given")
+        path = Path(str(resource.get("path", ""))).resolve()
+        if self.root not in path.parents or not path.is_dir():
+            return jr.err(f"exec: workspace '{resource.get('name')}' is not open (it may have been closed)")
+        timeout = float(args.get("timeout") or 60)
+        try:
+            done = subprocess.run(argv, cwd=path, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                                  preexec_fn=die_with_parent)
+        except subprocess.TimeoutExpired:
+            return jr.err(f"exec: {argv[0]} timed out after {timeout:g} s")
+        except FileNotFoundError:
+            return jr.err(f"exec: command not found: {argv[0]}")
+        except OSError as exc:
+            return jr.err(f"exec: {argv[0]}: {exc.strerror or exc}")
+        return jr.ok({
+            "exit_code": done.returncode,
+            "stdout": done.stdout[-MAX_OUTPUT:].decode("utf-8", "replace"),
+            "stderr": done.stderr[-MAX_OUTPUT:].decode("utf-8", "replace"),
+        })
+
+    def sweep(self, api: WireClient) -> list[str]:
+        """Remove the workspaces of every flow that has ended; returns their flow ids."""
+        present = sorted(entry.name for entry in self.root.iterdir() if entry.is_dir())
+        if not present:
+            return []
+        ended = api.post("/v1/connectors/resources/finished", {"flow_ids": present})["finished"]
+        for flow_id in ended:
+            shutil.rmtree(self.root / flow_id, ignore_errors=True)
+        return list(ended)
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = connector_args("resources", argv)
+    if not options.home:
+        raise SystemExit("the resources connector needs --home")
+    workspaces = Workspaces(Path(options.home) / "workspaces")
+    api = api_client(options.api)
+    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="resource")
+
+    def run(request: dict[str, Any]) -> None:
+        if request["kind"] == "open":
+            result = workspaces.open(request["flow_id"], request["args"])
+        else:
+            result = workspaces.exec(request["args"])
+        record(api, request["flow_id"], request["seq"], result, options.executor)
+
+    def sweeper() -> None:
+        while True:
+            try:
+                workspaces.sweep(api)
+            except (WireError, OSError):
+                pass
+            time.sleep(SWEEP_SECONDS)
+
+    threading.Thread(target=sweeper, daemon=True, name="sweeper").start()
+    while True:
+        try:
+            claimed = api.post("/v1/connectors/requests/open,exec/claim",
+                               {"executor": options.executor, "limit": 8, "wait": 10})
+        except WireError as exc:
+            if exc.status == 409:
+                os._exit(3)
+            time.sleep(0.2)
+            continue
+        for request in claimed["requests"]:
+            pool.submit(run, request)
+
+
+if __name__ == "__main__":
+    main()
