@@ -156,11 +156,10 @@ class WorkerApi:
             callsite=field(raw, "callsite", str, ""), result=field(raw, "result", (dict, type(None)), None),
             requested_at=field(raw, "requested_at", (int, float, type(None)), None),
         )
-        result = await self.db.append(flow_id, worker, epoch, entry)
-        delay = await self.db.injected_delay(flow_id, entry.seq)
-        if delay:
-            await asyncio.sleep(delay)
-        return JSONResponse({"result": result})
+        appended = await self.db.append(flow_id, worker, epoch, entry)
+        if appended.delay:  # failure injection: the request is committed, its answer held back
+            await asyncio.sleep(appended.delay)
+        return JSONResponse({"result": appended.result})
 
     async def result(self, request: Request) -> Response:
         flow_id = request.path_params["flow_id"]

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 
@@ -29,6 +29,13 @@ FINISHED = ("completed", "failed", "cancelled")
 LEASE_SECONDS = 10.0
 EXECUTOR_GRACE = 5.0
 BUSY_SECONDS = 30.0
+
+
+class Appended(NamedTuple):
+    result: dict[str, Any] | None
+    """The entry's result when it was answered in the append's transaction."""
+    delay: float
+    """Seconds a 'delay' failure injection holds the answer back."""
 
 
 def new_id() -> str:
@@ -133,18 +140,6 @@ class FlowStore:
     async def _all(self, sql: str, *params: Any) -> list[aiosqlite.Row]:
         async with self.db.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
-
-    async def injected_delay(self, flow_id: str, seq: int) -> float:
-        """Consume a pending 'delay' injection for this flow; returns its seconds (0 when none)."""
-        row = await self._one(
-            "SELECT id, seconds FROM injections WHERE flow_id = ? AND action = 'delay' AND used_seq IS NULL "
-            "ORDER BY id LIMIT 1", flow_id,
-        )
-        if row is None:
-            return 0.0
-        async with self.write() as db:
-            await db.execute("UPDATE injections SET used_seq = ? WHERE id = ?", (seq, row["id"]))
-        return float(row["seconds"])
 
     async def _event(self, db: aiosqlite.Connection, flow_id: str, root: str, kind: str, data: dict[str, Any]) -> None:
         """Record an event of the current transaction (written in one statement at commit)."""
@@ -338,14 +333,16 @@ class FlowStore:
             raise LeaseLostError(f"flow {flow_id} is not leased to {worker} (epoch {epoch})")
         return row
 
-    async def append(self, flow_id: str, worker: str, epoch: int, entry: JournalEntry) -> dict[str, Any] | None:
-        """Commit a request (and its result when it has one). Returns a result answered in the same transaction."""
+    async def append(self, flow_id: str, worker: str, epoch: int, entry: JournalEntry) -> Appended:
+        """Commit a request (and its result when it has one), with any result answered in the same transaction."""
         now = time.time()
         async with self.write() as db:
+            # One statement for the lease, the expected sequence number and a pending failure injection.
             flow = self._check_held(await self._one(
                 "SELECT f.*, (SELECT MAX(seq) FROM journal WHERE flow_id = f.id) AS last_seq, "
-                "(SELECT id FROM injections WHERE flow_id = f.id AND used_seq IS NULL AND action = 'fail' "
-                " ORDER BY id LIMIT 1) AS fail_injection FROM flows f WHERE f.id = ?",
+                "i.id AS injection_id, i.action AS injection, i.seconds AS injection_seconds "
+                "FROM flows f LEFT JOIN injections i ON i.id = (SELECT id FROM injections "
+                "WHERE flow_id = f.id AND used_seq IS NULL ORDER BY id LIMIT 1) WHERE f.id = ?",
                 flow_id,
             ), flow_id, worker, epoch)
             expected = (flow["last_seq"] or 0) + 1
@@ -353,12 +350,16 @@ class FlowStore:
                 raise LeaseLostError(f"journal of {flow_id} is at {expected - 1}; refusing entry {entry.seq}")
             result = entry.result
             deadline = None
-            if flow["fail_injection"] is not None and entry.kind != "print":
-                result = jr.err(f"injected failure (flowmetal failure injection on {entry.kind})")
-                await db.execute("UPDATE injections SET used_seq = ? WHERE id = ?", (entry.seq, flow["fail_injection"]))
-            elif entry.kind in ("sleep",):
+            delay = 0.0
+            if flow["injection_id"] is not None and entry.kind != "print":
+                await db.execute("UPDATE injections SET used_seq = ? WHERE id = ?", (entry.seq, flow["injection_id"]))
+                if flow["injection"] == "delay":
+                    delay = float(flow["injection_seconds"])
+                else:
+                    result = jr.err(f"injected failure (flowmetal failure injection on {entry.kind})")
+            if result is None and entry.kind == "sleep":
                 deadline = now + max(float(entry.args.get("seconds") or 0), 0.0)
-            elif entry.kind in ("receive", "wait") and entry.args.get("timeout") is not None:
+            elif result is None and entry.kind in ("receive", "wait") and entry.args.get("timeout") is not None:
                 deadline = now + max(float(entry.args["timeout"]), 0.0)
             await db.execute(
                 "INSERT INTO journal (flow_id, seq, kind, args, hash, callsite, result, requested_at, answered_at, "
@@ -374,7 +375,7 @@ class FlowStore:
             if result is not None:
                 await self._answered_event(db, flow, entry.seq, entry.kind, entry.args, result)
                 self.notes.add(("result", flow_id, entry.seq))
-                return result
+                return Appended(result, delay)
             if entry.kind == "run":
                 result = await self._start_child(db, flow, entry.args)
             elif entry.kind == "send":
@@ -391,7 +392,7 @@ class FlowStore:
                 self.notes.add(("requests", entry.kind))
             if deadline is not None and result is None:
                 self.notes.add(("deadlines",))
-            return result
+            return Appended(result, delay)
 
     async def _answered_event(self, db: aiosqlite.Connection, flow: aiosqlite.Row, seq: int, kind: str,
                               args: Any, result: dict[str, Any]) -> None:
