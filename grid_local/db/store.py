@@ -79,9 +79,8 @@ class FlowStore:
         async with self.write() as db:
             version = (await self._the("PRAGMA user_version"))[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        await db.execute(statement)
+                for statement in _statements(script):
+                    await db.execute(statement)
                 await db.execute(f"PRAGMA user_version = {number}")
 
     @asynccontextmanager
@@ -337,6 +336,22 @@ class FlowStore:
         """Commit a request (and its result when it has one), with any result answered in the same transaction."""
         now = time.time()
         async with self.write() as db:
+            if entry.result is not None:
+                # Fast path for actions answered by the worker (now, random, uuid, print): one conditional
+                # INSERT checks the lease, the sequence number and that no injection is pending.
+                cursor = await db.execute(
+                    "INSERT INTO journal (flow_id, seq, kind, args, hash, callsite, result, requested_at, "
+                    "answered_at, worker) SELECT f.id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM flows f WHERE f.id = ? "
+                    "AND f.lease_owner = ? AND f.lease_epoch = ? AND f.status != 'cancelled' "
+                    "AND COALESCE((SELECT MAX(seq) FROM journal WHERE flow_id = f.id), 0) + 1 = ? "
+                    "AND NOT EXISTS (SELECT 1 FROM injections WHERE flow_id = f.id AND used_seq IS NULL)",
+                    (entry.seq, entry.kind, _dumps(entry.args), entry.hash, entry.callsite, _dumps(entry.result),
+                     entry.requested_at or now, now, worker, flow_id, worker, epoch, entry.seq),
+                )
+                if cursor.rowcount == 1:
+                    self.notes.add(("result", flow_id, entry.seq))
+                    return Appended(entry.result, 0.0)
+                # Otherwise the full path below says why it is refused, or applies the injection.
             # One statement for the lease, the expected sequence number and a pending failure injection.
             flow = self._check_held(await self._one(
                 "SELECT f.*, (SELECT MAX(seq) FROM journal WHERE flow_id = f.id) AS last_seq, "
@@ -368,12 +383,7 @@ class FlowStore:
                  None if result is None else _dumps(result), entry.requested_at or now,
                  None if result is None else now, worker, deadline),
             )
-            await self._event(db, flow_id, flow["root"], "request", {
-                "seq": entry.seq, "kind": entry.kind, "args": entry.args, "callsite": entry.callsite,
-                "worker": worker, "name": flow["name"],
-            })
             if result is not None:
-                await self._answered_event(db, flow, entry.seq, entry.kind, entry.args, result)
                 self.notes.add(("result", flow_id, entry.seq))
                 return Appended(result, delay)
             if entry.kind == "run":
@@ -394,14 +404,6 @@ class FlowStore:
                 self.notes.add(("deadlines",))
             return Appended(result, delay)
 
-    async def _answered_event(self, db: aiosqlite.Connection, flow: aiosqlite.Row, seq: int, kind: str,
-                              args: Any, result: dict[str, Any]) -> None:
-        data = {"seq": seq, "kind": kind, "ok": bool(result.get("ok")), "error": result.get("error"),
-                "name": flow["name"]}
-        if kind == "print":
-            data["text"] = args.get("text", "") if isinstance(args, dict) else ""
-        await self._event(db, flow["id"], flow["root"], "log" if kind == "print" else "result", data)
-
     async def _set_result(self, db: aiosqlite.Connection, flow: aiosqlite.Row, seq: int, kind: str, args: Any,
                           result: dict[str, Any]) -> bool:
         """Record a result once; wakes a suspended flow. Returns False when it was already answered."""
@@ -414,7 +416,6 @@ class FlowStore:
             return False
         self.notes.add(("result", flow["id"], seq))
         self.notes.add(("runnable",))
-        await self._answered_event(db, flow, seq, kind, args, result)
         await db.execute(
             "UPDATE flows SET status = 'pending', runnable = 1, resumes = resumes + 1, updated = ? "
             "WHERE id = ? AND status = 'waiting'",
@@ -683,6 +684,19 @@ class FlowStore:
                 result = jr.err(f"timeout: no message on inbox {args.get('inbox', '_stdin')} within {args.get('timeout')} s")
             flow = await self._the("SELECT * FROM flows WHERE id = ?", flow_id)
             return await self._set_result(db, flow, seq, row["kind"], args, result or jr.err("timeout"))
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (triggers hold semicolons of their own)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        raise StoreError(f"incomplete statement in migration: {buffer.strip()[:80]}")
+    return statements
 
 
 def _under(quota: str, prefix: str) -> bool:
