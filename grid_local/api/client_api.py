@@ -190,11 +190,7 @@ class ClientApi:
                 check_json(body.args, "flow arguments")
             except ArgumentError as exc:
                 raise HTTPException(422, str(exc)) from None
-            entry = await self.db.bundle_entry(body.bundle)  # validated when it was uploaded
-            flow_id = await self.db.start_flow(
-                body.bundle, {"module": entry, "function": None}, body.args, who.quota, who.user,
-                body.name or entry,
-            )
+            flow_id = await self.db.start_flow(body.bundle, body.args, who.quota, who.user, body.name)
             return await self.db.get_flow(flow_id)
 
         @app.get("/v1/flows", summary="List flows (newest first)")

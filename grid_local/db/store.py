@@ -158,12 +158,6 @@ class FlowStore:
     async def has_bundle(self, digest: str) -> bool:
         return await self._one("SELECT 1 FROM bundles WHERE digest = ?", digest) is not None
 
-    async def bundle_entry(self, digest: str) -> str:
-        row = await self._one("SELECT entry FROM bundles WHERE digest = ?", digest)
-        if row is None:
-            raise NotFoundError(f"no bundle {digest}")
-        return str(row["entry"])
-
     async def get_bundle(self, digest: str) -> bytes:
         row = await self._one("SELECT data FROM bundles WHERE digest = ?", digest)
         if row is None:
@@ -192,20 +186,23 @@ class FlowStore:
 
     # -- flows ------------------------------------------------------------------------------
 
-    async def start_flow(
-        self, bundle: str, entry: dict[str, Any], args: dict[str, Any], quota: str, username: str, name: str
-    ) -> str:
+    async def start_flow(self, bundle: str, args: dict[str, Any], quota: str, username: str,
+                         name: str | None = None) -> str:
+        """Start a root flow at the bundle's entry script (one INSERT that also proves the bundle exists)."""
         flow_id = new_id()
         now = time.time()
         async with self.write() as db:
-            if await self._one("SELECT 1 FROM bundles WHERE digest = ?", bundle) is None:
-                raise NotFoundError(f"no bundle {bundle}")
-            await db.execute(
+            created = await self._one(
                 "INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, "
-                "created, updated, runnable) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 1)",
-                (flow_id, flow_id, name, bundle, _dumps(entry), _dumps(args), quota, username, now, now),
+                "created, updated, runnable) SELECT ?, NULL, ?, COALESCE(?, b.entry), b.digest, "
+                "json_object('module', b.entry, 'function', NULL), ?, ?, ?, 'pending', ?, ?, 1 "
+                "FROM bundles b WHERE b.digest = ? RETURNING name",
+                flow_id, flow_id, name, _dumps(args), quota, username, now, now, bundle,
             )
-            await self._event(db, flow_id, flow_id, "flow", {"status": "pending", "name": name, "parent": None})
+            if created is None:
+                raise NotFoundError(f"no bundle {bundle}")
+            await self._event(db, flow_id, flow_id, "flow",
+                              {"status": "pending", "name": created["name"], "parent": None})
             self.notes.add(("runnable",))
         return flow_id
 
@@ -257,14 +254,14 @@ class FlowStore:
             row = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
             if row is None:
                 raise NotFoundError(f"no flow {flow_id}")
-            ids = [r["id"] for r in await self._all(
+            rows = await self._all(
                 "WITH RECURSIVE tree(id) AS (SELECT ? UNION ALL SELECT f.id FROM flows f JOIN tree ON f.parent = tree.id) "
-                "SELECT flows.id FROM flows JOIN tree USING (id) WHERE flows.status NOT IN ('completed', 'failed', 'cancelled')",
+                "SELECT flows.* FROM flows JOIN tree USING (id) WHERE flows.status NOT IN ('completed', 'failed', 'cancelled')",
                 flow_id,
-            )]
-            for fid in ids:
-                await self._finish(db, fid, "cancelled", error={"message": reason, "traceback": ""})
-            return ids
+            )
+            for row in rows:
+                await self._finish(db, row, "cancelled", error={"message": reason, "traceback": ""})
+            return [row["id"] for row in rows]
 
     async def send_message(self, flow_id: str, inbox: str, value: Any, sender: str) -> int:
         async with self.write() as db:
@@ -529,18 +526,19 @@ class FlowStore:
     async def finish(self, flow_id: str, worker: str, epoch: int, status: str, result: Any = None,
                      error: dict[str, Any] | None = None) -> None:
         async with self.write() as db:
-            await self._check_lease(flow_id, worker, epoch)
-            await self._finish(db, flow_id, status, result, error)
+            flow = await self._check_lease(flow_id, worker, epoch)
+            await self._finish(db, flow, status, result, error)
 
-    async def _finish(self, db: aiosqlite.Connection, flow_id: str, status: str, result: Any = None,
+    async def _finish(self, db: aiosqlite.Connection, flow: aiosqlite.Row, status: str, result: Any = None,
                       error: dict[str, Any] | None = None) -> None:
+        """End a flow (``flow`` is its row as read in this transaction) and answer a parent waiting on it."""
         now = time.time()
+        flow_id = flow["id"]
         await db.execute(
             "UPDATE flows SET status = ?, result = ?, error = ?, finished = ?, updated = ?, lease_owner = NULL, "
             "lease_expires = NULL, runnable = 0 WHERE id = ?",
             (status, _dumps(result), None if error is None else _dumps(error), now, now, flow_id),
         )
-        flow = await self._the("SELECT * FROM flows WHERE id = ?", flow_id)
         await self._event(db, flow_id, flow["root"], "flow", {
             "status": status, "name": flow["name"], "parent": flow["parent"], "result": result, "error": error,
         })
