@@ -28,10 +28,4 @@ COMMAND_MODULES = [
 ]
 
 for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"flowmetal_cli.commands.{_name}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"flowmetal_cli.commands.{_name}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"flowmetal_cli.commands.{_name}").register(app)
