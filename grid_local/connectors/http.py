@@ -9,14 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
-from grid_local.api.wire import WireError
-from grid_local.connectors.base import api_client, connector_args, record
+from grid_local.connectors.base import api_client, connector_args, serve_requests
 from grid_local.runtime import journal as jr
 
 MAX_BODY = 8 * 1024 * 1024
@@ -57,27 +54,15 @@ def perform(client: httpx.Client, args: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     options = connector_args("http", argv)
-    api = api_client(options.api)
     outside = httpx.Client(follow_redirects=True)
-    pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="http")
 
-    def run(request: dict[str, Any]) -> None:
+    def run(request: dict[str, Any]) -> dict[str, Any]:
         crash_point("before")
         result = perform(outside, request["args"])
         crash_point("after")
-        record(api, request["flow_id"], request["seq"], result, options.executor)
+        return result
 
-    while True:
-        try:
-            claimed = api.post("/v1/connectors/requests/http/claim",
-                               {"executor": options.executor, "limit": 16, "wait": 10})
-        except WireError as exc:
-            if exc.status == 409:  # declared gone: make way for a new incarnation
-                os._exit(3)
-            time.sleep(0.2)
-            continue
-        for request in claimed["requests"]:
-            pool.submit(run, request)
+    serve_requests(api_client(options.api), ("http",), options.executor, run, concurrency=16)
 
 
 if __name__ == "__main__":

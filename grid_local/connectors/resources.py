@@ -8,18 +8,16 @@ removes the folder of every flow the Flow DB says has ended, so nothing outlives
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from grid_local.api.wire import WireClient, WireError
-from grid_local.connectors.base import api_client, connector_args, record
+from grid_local.connectors.base import api_client, connector_args, serve_requests
 from grid_local.home import die_with_parent
 from grid_local.runtime import journal as jr
 
@@ -87,14 +85,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("the resources connector needs --home")
     workspaces = Workspaces(Path(options.home) / "workspaces")
     api = api_client(options.api)
-    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="resource")
 
-    def run(request: dict[str, Any]) -> None:
+    def run(request: dict[str, Any]) -> dict[str, Any]:
         if request["kind"] == "open":
-            result = workspaces.open(request["flow_id"], request["args"])
-        else:
-            result = workspaces.exec(request["args"])
-        record(api, request["flow_id"], request["seq"], result, options.executor)
+            return workspaces.open(request["flow_id"], request["args"])
+        return workspaces.exec(request["args"])
 
     def sweeper() -> None:
         while True:
@@ -105,17 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(SWEEP_SECONDS)
 
     threading.Thread(target=sweeper, daemon=True, name="sweeper").start()
-    while True:
-        try:
-            claimed = api.post("/v1/connectors/requests/open,exec/claim",
-                               {"executor": options.executor, "limit": 8, "wait": 10})
-        except WireError as exc:
-            if exc.status == 409:
-                os._exit(3)
-            time.sleep(0.2)
-            continue
-        for request in claimed["requests"]:
-            pool.submit(run, request)
+    serve_requests(api, ("open", "exec"), options.executor, run, concurrency=8)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from grid_local.errors import (
     FlowmetalError,
     LimitError,
     LoadError,
-    NonDeterminismError,
     ScriptError,
     SourceLocation,
     location_from_starlark,
