@@ -25,7 +25,7 @@ from textual.worker import Worker, get_current_worker
 
 from flowmetal_cli.client import GridClient, GridUnreachable
 from tui import model
-from tui.model import FINISHED, STATUSES, FlowIndex, Resume
+from tui.model import FINISHED, STATUSES, FlowIndex
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
 from tui.screens.prompts import DelayScreen, OpenScreen
@@ -177,34 +177,47 @@ class FlowmetalApp(App[None]):
     # -- layout --------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="status")
+        # The panes are kept as attributes: handlers that run while the app shuts down must not query.
+        self.status_bar = Static("", id="status")
+        self.sidebar = Vertical(id="sidebar")
+        self.filter_input = Input(placeholder="/ filter flows", id="filter", compact=True)
+        self.flow_tree = FlowTree(id="flows")
+        self.journal_box = Vertical(id="journal-box")
+        self.journal = JournalTable(id="journal")
+        self.stepbar = StepBar(id="stepbar")
+        self.tabs = TabbedContent(id="tabs", initial="source")
+        self.source_view = SourceView(id="source-view")
+        self.detail_view = DetailView(id="detail-view")
+        # Log, not RichLog: a RichLog in a hidden tab may defer its writes until a resize that never
+        # comes, and print lines are plain text anyway.
+        self.log_view = Log(id="log-view", max_lines=5000)
+        self.workers_view = WorkersTable(id="workers-table")
+        yield self.status_bar
         with Horizontal(id="main"):
-            with Vertical(id="sidebar"):
-                yield Input(placeholder="/ filter flows", id="filter", compact=True)
-                yield FlowTree(id="flows")
+            with self.sidebar:
+                yield self.filter_input
+                yield self.flow_tree
             with Vertical(id="right"):
-                with Vertical(id="journal-box"):
-                    yield JournalTable(id="journal")
-                yield StepBar(id="stepbar")
-                with TabbedContent(id="tabs", initial="source"):
+                with self.journal_box:
+                    yield self.journal
+                yield self.stepbar
+                with self.tabs:
                     with TabPane("1 Source", id="source"):
-                        yield SourceView(id="source-view")
+                        yield self.source_view
                     with TabPane("2 Detail", id="detail"):
-                        yield DetailView(id="detail-view")
+                        yield self.detail_view
                     with TabPane("3 Log", id="log"):
-                        # Log, not RichLog: a RichLog in a hidden tab may defer its writes until a resize that
-                        # never comes, and print lines are plain text anyway.
-                        yield Log(id="log-view", max_lines=5000)
+                        yield self.log_view
                     with TabPane("4 Workers", id="workers"):
-                        yield WorkersTable(id="workers-table")
+                        yield self.workers_view
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.query_one("#sidebar").border_title = "Flows"
-        self.query_one("#journal-box").border_title = "Journal"
+        self.sidebar.border_title = "Flows"
+        self.journal_box.border_title = "Journal"
         self._render_status()
         self._render_selection()
-        self.query_one(FlowTree).focus()
+        self.flow_tree.focus()
         self.set_interval(0.2, self._flush_reads)
         self.set_interval(1.0, self._tick)
         self.follow_events()
@@ -312,11 +325,14 @@ class FlowmetalApp(App[None]):
             self.detail = FlowDetail({**self.detail.flow, **self.index.flows[self.detail.flow["id"]]},
                                      self.detail.journal, self.detail.events, self.detail.files)
         self._render_tree()
-        tree = self.query_one(FlowTree)
-        if self._want_select and self._want_select in self.index.flows:
-            wanted, self._want_select = self._want_select, None
-            if not tree.select_flow(wanted):
+        tree = self.flow_tree
+        wanted = self._want_select
+        if wanted and wanted in self.index.flows:
+            self._want_select = None
+            if not tree.select_flow(wanted):  # filtered out of the tree: show it all the same
                 self.select_flow(wanted)
+        elif wanted and not self._flows_loaded:  # asked for, but older than the flows listed
+            self.select_flow(wanted)
         elif not self._flows_loaded and self.selected is None and tree.flow_ids:
             tree.select_flow(tree.flow_ids[0])
         self._flows_loaded = True
@@ -337,7 +353,7 @@ class FlowmetalApp(App[None]):
         self.detail = detail
         record = {k: v for k, v in detail.flow.items() if k != "children"}
         if flow_id in self.index.flows or not self.index.flows:
-            self.index.flows[flow_id] = record
+            self.index.add(record)
         self._render_selection(fresh)
         if relog:
             self._render_log()
@@ -368,7 +384,8 @@ class FlowmetalApp(App[None]):
     @on(FlowStarted)
     def _on_started(self, message: FlowStarted) -> None:
         self._want_select = message.flow["id"]
-        self.index.flows.setdefault(message.flow["id"], message.flow)
+        if message.flow["id"] not in self.index.flows:
+            self.index.add(message.flow)
         self._dirty["flows"] = True
 
     @on(Reported)
@@ -380,7 +397,7 @@ class FlowmetalApp(App[None]):
     # -- batching reads ------------------------------------------------------------------------
 
     def _flush_reads(self) -> None:
-        if not self.connected:
+        if not self.connected or not self.is_running:
             return
         if self._dirty["flows"]:
             self._dirty["flows"] = False
@@ -393,6 +410,8 @@ class FlowmetalApp(App[None]):
             self.load_processes()
 
     def _tick(self) -> None:
+        if not self.is_running:
+            return
         self._ticks += 1
         if self.connected and self._ticks % 2 == 0:
             self._dirty["processes"] = True
@@ -405,8 +424,8 @@ class FlowmetalApp(App[None]):
         flow = self.index.get(self.selected) or (self.detail.flow if self.detail else {})
         root = flow.get("root")
         with_events = root is None or root not in self.histories
-        if with_events and root:
-            self._buffered.setdefault(root, [])
+        if with_events and root:  # hold this tree's live events until its history arrives
+            self._buffered = {root: self._buffered.get(root, [])}
         self.load_detail(self.selected, with_events)
 
     # -- rendering -----------------------------------------------------------------------------
@@ -421,21 +440,21 @@ class FlowmetalApp(App[None]):
         else:
             text.append(" ○ connecting…", style="yellow")
         self.status_line = text
-        bar = self.query_one("#status", Static)
+        bar = self.status_bar
         bar.set_class(self.connected is False, "lost")
         bar.update(text)
 
     def _render_tree(self) -> None:
         visible = self.index.visible(self.filter_text, self.filter_status)
-        self.query_one(FlowTree).show(self.index, visible, self.clock(), self.selected)
-        sidebar = self.query_one("#sidebar")
+        self.flow_tree.show(self.index, visible, self.clock(), self.selected)
+        sidebar = self.sidebar
         shown = sum(1 for fid in visible if fid in self.index.flows)
         status = f"status={self.filter_status} · " if self.filter_status else ""
         sidebar.border_subtitle = f"{status}{shown}/{len(self.index.flows)}"
 
     def _render_selection(self, fresh: bool = False) -> None:
-        table = self.query_one(JournalTable)
-        box = self.query_one("#journal-box")
+        table = self.journal
+        box = self.journal_box
         if self.detail is None:
             table.reset()
             box.border_title = "Journal"
@@ -448,9 +467,14 @@ class FlowmetalApp(App[None]):
             resumes = model.resumes_from_events(self.histories[root].values(), flow["id"])
         else:
             resumes = model.resumes_from_journal(journal)
+        # A live flow is followed: opened at its newest entry, and kept there while the cursor is on it.
         current = None if fresh else table.current_entry()
-        table.show(flow, journal, resumes, model.flow_span(flow, journal, now), now,
-                   current["seq"] if current else None)
+        shown = table.entries
+        following = current is None or (bool(shown) and current["seq"] == shown[-1]["seq"])
+        keep = current["seq"] if current else None
+        if journal and following and flow.get("status") not in FINISHED:
+            keep = journal[-1]["seq"]
+        table.show(flow, journal, resumes, model.flow_span(flow, journal, now), now, keep)
         title = Text("Journal · ")
         title.append_text(model.status_text(str(flow.get("status")), with_word=True))
         title.append(f" {model.clip(str(flow.get('flow')), 24)} #{model.short_id(flow['id'])}")
@@ -460,20 +484,20 @@ class FlowmetalApp(App[None]):
         self._render_step()
 
     def _render_step(self) -> None:
-        table = self.query_one(JournalTable)
+        table = self.journal
         row = table.current()
         entries = table.entries
         position = entries.index(row) + 1 if isinstance(row, dict) and row in entries else None
-        self.query_one(StepBar).show(row, position, len(entries))
+        self.stepbar.show(row, position, len(entries))
         flow = self.detail.flow if self.detail else None
         files = self.detail.files if self.detail else {}
         site = model.callsite_of(row if isinstance(row, dict) else None)
         if site is not None:
-            self.query_one(SourceView).show(files, site[0], site[1])
+            self.source_view.show(files, site[0], site[1])
         else:
             entry = (flow or {}).get("entry") or {}
-            self.query_one(SourceView).show(files, entry.get("module") if isinstance(entry, dict) else None, None)
-        self.query_one(DetailView).show(flow, row, self.clock())
+            self.source_view.show(files, entry.get("module") if isinstance(entry, dict) else None, None)
+        self.detail_view.show(flow, row, self.clock())
 
     def _log_scope(self) -> set[str]:
         if self.selected is None:
@@ -481,7 +505,7 @@ class FlowmetalApp(App[None]):
         return {self.selected} | self.index.descendants(self.selected)
 
     def _render_log(self) -> None:
-        log = self.query_one("#log-view", Log)
+        log = self.log_view
         log.clear()
         self._log_last = 0
         if self.detail is None:
@@ -499,10 +523,10 @@ class FlowmetalApp(App[None]):
         prefix = ""
         if event.get("flow_id") != self.selected:  # a child's line, named as `docker compose` does
             prefix = f"{event.get('name') or model.short_id(event.get('flow_id'))} | "
-        self.query_one("#log-view", Log).write_line(prefix + str(event.get("text", "")))
+        self.log_view.write_line(prefix + str(event.get("text", "")))
 
     def _render_workers(self) -> None:
-        self.query_one(WorkersTable).show(self.processes, self.index)
+        self.workers_view.show(self.processes, self.index)
 
     # -- selection -----------------------------------------------------------------------------
 
@@ -532,7 +556,7 @@ class FlowmetalApp(App[None]):
 
     @on(Input.Submitted, "#filter")
     def _on_filter_done(self, message: Input.Submitted) -> None:
-        self.query_one(FlowTree).focus()
+        self.flow_tree.focus()
 
     @on(Button.Pressed, "#stepbar Button")
     def _on_step_button(self, message: Button.Pressed) -> None:
@@ -545,7 +569,7 @@ class FlowmetalApp(App[None]):
 
     def on_key(self, event: Any) -> None:
         if event.key == "escape" and isinstance(self.focused, Input) and self.focused.id == "filter":
-            self.query_one(FlowTree).focus()
+            self.flow_tree.focus()
 
     # -- actions: reading ----------------------------------------------------------------------
 
@@ -553,7 +577,7 @@ class FlowmetalApp(App[None]):
         self.push_screen(HelpScreen(self.HELP_KEYS))
 
     def action_filter(self) -> None:
-        self.query_one("#filter", Input).focus()
+        self.filter_input.focus()
 
     def action_cycle_status(self) -> None:
         choices: list[str | None] = [None, *STATUSES]
@@ -561,31 +585,31 @@ class FlowmetalApp(App[None]):
         self._render_tree()
 
     def action_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        self.tabs.active = tab
         if tab == "workers":
             self._dirty["processes"] = True
 
     def action_step(self, delta: int) -> None:
-        table = self.query_one(JournalTable)
+        table = self.journal
         if not table.entries:
             self.notify("no journal entries to step through", severity="warning")
         elif not table.step(delta):
             self.notify("at the last entry" if delta > 0 else "at the first entry", timeout=2)
 
     def action_step_to(self, where: str) -> None:
-        entries = self.query_one(JournalTable).entries
+        entries = self.journal.entries
         if entries:
-            self.query_one(JournalTable).goto_seq(entries[0 if where == "first" else -1]["seq"])
+            self.journal.goto_seq(entries[0 if where == "first" else -1]["seq"])
 
     def action_first_error(self) -> None:
-        table = self.query_one(JournalTable)
+        table = self.journal
         position = model.first_error(table.entries)
         if position is not None:
             table.goto_seq(table.entries[position]["seq"])
             return
         flow = self.detail.flow if self.detail else None
         if flow and flow.get("status") == "failed":
-            self.query_one(TabbedContent).active = "detail"
+            self.tabs.active = "detail"
             message = (flow.get("error") or {}).get("message", "")
             self.notify(f"no action failed; the flow itself failed: {model.clip(message, 120)}", severity="warning")
         else:
@@ -619,7 +643,7 @@ class FlowmetalApp(App[None]):
 
     def kill_target(self) -> dict[str, Any] | None:
         """The process ``k`` kills: the highlighted one in the Workers pane, else the selected flow's worker."""
-        workers = self.query_one(WorkersTable)
+        workers = self.workers_view
         if self.focused is workers:
             return workers.current()
         flow = self.detail.flow if self.detail else self.index.get(self.selected)

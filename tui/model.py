@@ -106,6 +106,7 @@ class FlowIndex:
     """The flows the grid listed, by id, with their children, filterable by status and text."""
 
     flows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _children: dict[str, list[dict[str, Any]]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, records: Iterable[dict[str, Any]]) -> "FlowIndex":
@@ -114,9 +115,18 @@ class FlowIndex:
     def get(self, flow_id: str | None) -> dict[str, Any] | None:
         return self.flows.get(flow_id) if flow_id else None
 
+    def add(self, record: dict[str, Any]) -> None:
+        """Insert or refresh one flow's record."""
+        self.flows[record["id"]] = record
+        self._children = None
+
     def children(self, flow_id: str) -> list[dict[str, Any]]:
-        found = [f for f in self.flows.values() if f.get("parent") == flow_id]
-        return sorted(found, key=lambda f: (f.get("created") or 0, f["id"]))
+        if self._children is None:  # one pass over the flows, not one per parent
+            self._children = {}
+            for flow in sorted(self.flows.values(), key=lambda f: (f.get("created") or 0, f["id"])):
+                if flow.get("parent"):
+                    self._children.setdefault(flow["parent"], []).append(flow)
+        return list(self._children.get(flow_id, []))
 
     def roots(self) -> list[dict[str, Any]]:
         """Flows without a listed parent, newest first (a child whose parent fell off the list is a root here)."""

@@ -18,7 +18,7 @@ from flowmetal_cli.contexts import add_context
 from grid_local.home import GridPaths
 from grid_local.supervisor import start_background, stop_background
 from tui.app import FlowmetalApp
-from tui.model import Resume
+from tui.model import Resume, first_error
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.prompts import DelayScreen
 from tui.screens.push import PushScreen
@@ -161,7 +161,8 @@ async def test_delay_then_fail_the_next_action(grid: LocalGrid) -> None:
         await until(pilot, lambda: any("delayed 0.3s" in r for r in app.reports), "the delay to be armed")
         await pilot.press("f")
         await until(pilot, lambda: any("fails" in r for r in app.reports), "the failure to be armed")
-        await until(pilot, lambda: status_of(app) == "failed", "sleepy.flow to fail", timeout=30)
+        await until(pilot, lambda: status_of(app) == "failed" and first_error(entries(app)) is not None,
+                    "sleepy.flow to fail on the injected error", timeout=30)
         await pilot.press("e")
         current = app.query_one(JournalTable).current_entry()
         assert current is not None and "injected failure" in current["result"]["error"]

@@ -66,7 +66,11 @@ def local_grid(home: Path, workers: int = 2) -> Iterator[LocalGrid]:
     """Start a grid under ``home`` ($FLOWMETAL_HOME must point there) and stop it whatever happens."""
     paths = GridPaths(home)
     try:
-        state = start_background(paths, workers=workers)
+        try:
+            state = start_background(paths, workers=workers)
+        except RuntimeError:  # a port taken between choosing and binding it: once more, on fresh ports
+            stop_background(paths)
+            state = start_background(paths, workers=workers)
         grid = LocalGrid(paths, str(state["url"]))
         try:
             yield grid

@@ -73,8 +73,12 @@ def describe_row(row: dict[str, Any] | Resume | None) -> Text:
 
 
 class DetailView(VerticalScroll):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.text = Static("", id="detail-text")
+
     def compose(self):  # type: ignore[no-untyped-def]
-        yield Static("", id="detail-text")
+        yield self.text
 
     def show(self, flow: dict[str, Any] | None, row: dict[str, Any] | Resume | None, now: float) -> None:
         parts: list[RenderableType] = []
@@ -82,4 +86,4 @@ class DetailView(VerticalScroll):
             parts.append(Text("(no flow selected)", style="dim"))
         else:
             parts += [describe_row(row), Text(""), describe_flow(flow, now)]
-        self.query_one("#detail-text", Static).update(Group(*parts))
+        self.text.update(Group(*parts))

@@ -38,15 +38,16 @@ class SourceView(VerticalScroll):
         self.shown_path: str | None = None
         self.shown_line: int | None = None
         self._files: dict[str, str] = {}
+        self.text = Static("", id="source-text")
 
     def compose(self):  # type: ignore[no-untyped-def]
-        yield Static("", id="source-text")
+        yield self.text
 
     def show(self, files: dict[str, str], path: str | None, line: int | None) -> None:
         if files is self._files and path == self.shown_path and line == self.shown_line:
             return
         self._files, self.shown_path, self.shown_line = files, path, line
-        text = self.query_one("#source-text", Static)
+        text = self.text
         if path is None or path not in files:
             text.update(Text("(no source for this entry)" if files else "(bundle not loaded)", style="dim"))
             self.border_title = path or "source"

@@ -32,7 +32,8 @@ class StepBar(Horizontal):
     """What the bar says now (tests read it)."""
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="step-text")
+        self.label = Static("", id="step-text")
+        yield self.label
         for label, name, tip in (("◀", "step-back", "previous entry (p)"), ("▶", "step-next", "next entry (n)"),
                                  ("✖err", "step-error", "first failed entry (e)")):
             button = Button(label, id=name, compact=True, tooltip=tip)
@@ -41,4 +42,4 @@ class StepBar(Horizontal):
 
     def show(self, row: dict[str, Any] | Resume | None, position: int | None, total: int) -> None:
         self.text = step_text(row, position, total)
-        self.query_one("#step-text", Static).update(self.text)
+        self.label.update(self.text)
