@@ -24,6 +24,8 @@ from textual.widgets import Button, DataTable, Footer, Input, Log, Static, Tabbe
 from textual.worker import Worker, get_current_worker
 
 from flowmetal_cli.client import GridClient, GridUnreachable
+from flowmetal_cli.connect import connect
+from flowmetal_cli.contexts import Config
 from tui import model
 from tui.model import FINISHED, STATUSES, FlowIndex
 from tui.screens.confirm import ConfirmScreen
@@ -43,14 +45,11 @@ Clock = Callable[[], float]
 
 def configured_contexts() -> list[tuple[str, str]]:
     """Every context of the config file, as (name, URL); the push dialog offers these."""
-    from flowmetal_cli.contexts import Config
-
     return [(context.name, context.url or "(local grid, not running)") for context in Config.load().all()]
 
 
 def connect_context(name: str) -> GridClient:
-    from flowmetal_cli.connect import connect
-
+    """A client for a push target (a local target must already be running)."""
     return connect(name, autostart=False)
 
 

@@ -231,15 +231,23 @@ def summarize_result(kind: str, result: dict[str, Any] | None, limit: int = 32) 
     if kind == "wait" and isinstance(value, list):
         parts = [("ok " + compact_json(v.get("value"), 12)) if isinstance(v, dict) and v.get("ok")
                  else "err" for v in value]
-        return Text(clip("✔ " + ", ".join(parts), limit), style="green")
+        failed = "err" in parts
+        return Text(clip(("✖ " if failed else "✔ ") + ", ".join(parts), limit), style="bright_red" if failed else "green")
     if value is None:
         return Text("✔", style="green")
     return Text(clip("✔ " + compact_json(value, limit), limit), style="green")
 
 
 def entry_failed(entry: dict[str, Any]) -> bool:
+    """An error result, or a wait that returned a failed child's ``Err``."""
     result = entry.get("result")
-    return isinstance(result, dict) and not result.get("ok")
+    if not isinstance(result, dict):
+        return False
+    if not result.get("ok"):
+        return True
+    value = result.get("value")
+    return entry.get("kind") == "wait" and isinstance(value, list) and any(
+        isinstance(item, dict) and item.get("ok") is False for item in value)
 
 
 def first_error(journal: list[dict[str, Any]]) -> int | None:

@@ -109,6 +109,8 @@ def test_first_error_and_callsites() -> None:
     journal = [entry(1), entry(2, result={"ok": False, "error": "boom"}), entry(3, result={"ok": False})]
     assert model.first_error(journal) == 1
     assert model.first_error(journal[:1]) is None
+    child_failed = entry(1, kind="wait", result={"ok": True, "value": [{"ok": True}, {"ok": False, "error": "x"}]})
+    assert model.first_error([entry(0), child_failed]) == 1
     assert model.callsite_of(journal[0]) == ("main.flow", 11)
     assert model.callsite_of({"callsite": "lib/x.star:7"}) == ("lib/x.star", 7)
     assert model.callsite_of({"callsite": ""}) is None
