@@ -47,6 +47,7 @@ SCRIPTS = {
         "if __name__ == \"__flow__\":\n    main()\n"
     ),
     "naps.flow": "a = fctx().actions\nfor i in range(20):\n    a.sleep(0.1)\n",
+    "long.flow": "a = fctx().actions\nfor i in range(1000):\n    a.now()\na.receive()\n",
 }
 
 
@@ -181,6 +182,21 @@ def main() -> None:
         seqs = [e["seq"] for e in results]
         emit({"workload": "W5", "steps": 20, "kill_to_completion_s": round(recovery, 3),
               "steps_performed_again": len(seqs) - len(set(seqs)), "status": event["status"]})
+        # Resume: a flow with a 1,000-entry journal loses its worker; the next one replays it.
+        flow_id = client.start_flow(digests["long.flow"], {})["id"]
+        while True:
+            flow = client.get_flow(flow_id)
+            if len(flow["journal"]) == 1001 and flow["worker"]:
+                break
+            time.sleep(0.05)
+        os.kill(int(flow["worker"].rsplit(".", 1)[1]), signal.SIGKILL)
+        while client.get_flow(flow_id)["status"] != "pending":
+            time.sleep(0.005)
+        began = time.perf_counter()
+        client.send(flow_id, "go")
+        wait_root(client, flow_id)
+        emit({"workload": "resume", "journal_entries": 1001, "send_to_completion_s": round(time.perf_counter() - began, 3),
+              "note": "includes claiming the flow, fetching its journal and replaying it on another worker"})
         sampler.stop.set()
         sampler.join()
         emit({"workload": "memory", "workers": options.workers,
