@@ -70,12 +70,14 @@ class Supervisor:
         self.paths = paths
         self.workers = workers
         self.host = host
+        self.fixed_client_port = bool(client_port)
         self.client_port = client_port or free_port(host if host != "0.0.0.0" else "127.0.0.1")
         self.worker_port = free_port()
         self.tokens = tokens
         self.children: list[Child] = []
         self.stopping = False
-        self.client_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.client_port}"
+        self._client_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        self.client_url = f"http://{self._client_host}:{self.client_port}"
         self.worker_url = f"http://127.0.0.1:{self.worker_port}"
         self._lock_file: IO[str] | None = None
         self.api = WireClient(self.worker_url, timeout=5.0)
@@ -128,9 +130,11 @@ class Supervisor:
         child.started = time.time()
         child.restart_at = None
 
-    def wait_healthy(self, url: str, timeout: float = 20.0) -> None:
+    def wait_healthy(self, url: str, child: Child, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if child.process is not None and child.process.poll() is not None:
+                raise RuntimeError(f"{child.name} exited with {child.process.returncode} while starting")
             try:
                 if WireClient(url, timeout=1.0).request("GET", "/v1/health")[0] in (200, 401):
                     return
@@ -150,14 +154,34 @@ class Supervisor:
             ],
         })
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
         self._started = time.time()
-        self.plan()
-        apis = self.children[:2]
-        for child in apis:
-            self.spawn(child)
-        self.wait_healthy(self.worker_url)
-        self.wait_healthy(self.client_url)
+        for attempt in range(1, attempts + 1):
+            self.plan()
+            apis = self.children[:2]
+            for child in apis:
+                self.spawn(child)
+            try:
+                self.wait_healthy(self.worker_url, apis[0])
+                self.wait_healthy(self.client_url, apis[1])
+                break
+            except RuntimeError as exc:
+                # A free port picked here can be taken by another process before the API binds it.
+                for child in apis:
+                    if child.process and child.process.poll() is None:
+                        child.process.kill()
+                        child.process.wait()
+                    if child.log:
+                        child.log.close()
+                if attempt == attempts:
+                    raise
+                self.log(f"{exc}; retrying with other ports")
+                self.worker_port = free_port()
+                self.worker_url = f"http://127.0.0.1:{self.worker_port}"
+                self.api = WireClient(self.worker_url, timeout=5.0)
+                if not self.fixed_client_port:
+                    self.client_port = free_port()
+                    self.client_url = f"http://{self._client_host}:{self.client_port}"
         for child in self.children[2:]:
             self.spawn(child)
         self.publish("ready")
@@ -262,8 +286,9 @@ def start_background(
             return state
         code = process.poll()
         if code is not None:
-            tail = (paths.logs / "supervisor.log").read_text(errors="replace").strip().splitlines()[-1:]
-            raise RuntimeError(f"the grid supervisor exited with {code}: {' '.join(tail)}")
+            lines = (paths.logs / "supervisor.log").read_text(errors="replace").strip().splitlines()
+            reason = next((line for line in reversed(lines) if "failed:" in line or "error:" in line), "")
+            raise RuntimeError(f"the grid supervisor exited with {code}: {reason} (logs in {paths.logs})")
         time.sleep(0.05)
     raise RuntimeError(f"the grid did not start within {timeout:g} s (see {paths.logs / 'supervisor.log'})")
 
