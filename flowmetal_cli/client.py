@@ -9,6 +9,7 @@ backoff; 429 honours Retry-After.
 from __future__ import annotations
 
 import email.utils
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -105,6 +106,10 @@ class GridClient:
         self.url = url.rstrip("/")
         self.context = context
         self.retry_pause = retry_pause
+        if transport is None:
+            # TCP_NODELAY: httpx writes a request's headers and body separately, and Nagle's algorithm
+            # would hold the body back until the headers are acknowledged (milliseconds per call).
+            transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
 
     def close(self) -> None:

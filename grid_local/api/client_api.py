@@ -62,6 +62,24 @@ class StartDeployment(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
+class BodyLimit:
+    """Refuse an oversized body by its Content-Length before reading it (a plain ASGI middleware:
+    Starlette's BaseHTTPMiddleware would stream every request through an extra task)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            limit = MAX_BUNDLE_BYTES if scope["path"].startswith("/v1/bundles/") else MAX_JSON_BODY
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > limit:
+                response = JSONResponse({"error": "too_large", "message": f"body over {limit} bytes"}, status_code=413)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def load_tokens(path: Path | None) -> dict[str, Identity] | None:
     """``[tokens."<token>"] user = "alice" quota = "/acme/ci"``; None means a local, token-less grid."""
     if path is None:
@@ -107,7 +125,8 @@ class ClientApi:
         self.poke.close()
         await self.store.close()
 
-    def identity(self, request: Request) -> Identity:
+    async def identity(self, request: Request) -> Identity:
+        """Who the caller acts as (async: a sync dependency would cost a thread hop per request)."""
         if self.tokens is None:
             return self.local_identity
         header = request.headers.get("authorization", "")
@@ -148,14 +167,6 @@ class ClientApi:
         async def not_found(request: Request, exc: NotFoundError) -> JSONResponse:
             return JSONResponse({"error": "not_found", "message": str(exc)}, status_code=404)
 
-        @app.middleware("http")
-        async def limit_body(request: Request, call_next: Any) -> Response:
-            length = request.headers.get("content-length")
-            limit = MAX_BUNDLE_BYTES if request.url.path.startswith("/v1/bundles/") else MAX_JSON_BODY
-            if length is not None and length.isdigit() and int(length) > limit:
-                return JSONResponse({"error": "too_large", "message": f"body over {limit} bytes"}, status_code=413)
-            return await call_next(request)
-
         @app.get("/v1/health", summary="Is the grid up")
         async def health() -> dict[str, Any]:
             return {"ok": True, "db": str(self.paths.db), "auth": self.tokens is not None}
@@ -190,8 +201,7 @@ class ClientApi:
                 check_json(body.args, "flow arguments")
             except ArgumentError as exc:
                 raise HTTPException(422, str(exc)) from None
-            flow_id = await self.db.start_flow(body.bundle, body.args, who.quota, who.user, body.name)
-            return await self.db.get_flow(flow_id)
+            return await self.db.start_flow(body.bundle, body.args, who.quota, who.user, body.name)
 
         @app.get("/v1/flows", summary="List flows (newest first)")
         async def list_flows(
@@ -298,6 +308,7 @@ class ClientApi:
                 raise HTTPException(403, f"deployment {name} is outside your quota node {who.quota}")
             return await start_flow(StartFlow(bundle=deployment["digest"], args=body.args, name=name), who)
 
+        app.add_middleware(BodyLimit)
         return app
 
     async def _event_visible(self, event: dict[str, Any], who: Identity) -> bool:

@@ -37,6 +37,8 @@ class WireClient:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            connection.connect()
+            connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._local.connection = connection
         return connection
 
@@ -53,8 +55,8 @@ class WireClient:
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         for attempt in (1, 2):
-            connection = self._connection()
             try:
+                connection = self._connection()
                 connection.request(method, path, body=payload, headers=headers)
                 response = connection.getresponse()
                 raw = response.read()
@@ -87,8 +89,8 @@ class WireClient:
         return self.call("GET", path, None, params)
 
     def get_bytes(self, path: str) -> bytes:
-        connection = self._connection()
         try:
+            connection = self._connection()
             connection.request("GET", path)
             response = connection.getresponse()
             raw = response.read()

@@ -187,7 +187,7 @@ class FlowStore:
     # -- flows ------------------------------------------------------------------------------
 
     async def start_flow(self, bundle: str, args: dict[str, Any], quota: str, username: str,
-                         name: str | None = None) -> str:
+                         name: str | None = None) -> dict[str, Any]:
         """Start a root flow at the bundle's entry script (one INSERT that also proves the bundle exists)."""
         flow_id = new_id()
         now = time.time()
@@ -196,7 +196,7 @@ class FlowStore:
                 "INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, "
                 "created, updated, runnable) SELECT ?, NULL, ?, COALESCE(?, b.entry), b.digest, "
                 "json_object('module', b.entry, 'function', NULL), ?, ?, ?, 'pending', ?, ?, 1 "
-                "FROM bundles b WHERE b.digest = ? RETURNING name",
+                "FROM bundles b WHERE b.digest = ? RETURNING *",
                 flow_id, flow_id, name, _dumps(args), quota, username, now, now, bundle,
             )
             if created is None:
@@ -204,7 +204,7 @@ class FlowStore:
             await self._event(db, flow_id, flow_id, "flow",
                               {"status": "pending", "name": created["name"], "parent": None})
             self.notes.add(("runnable",))
-        return flow_id
+        return _flow_json(created)
 
     async def get_flow(self, flow_id: str) -> dict[str, Any]:
         row = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
