@@ -265,15 +265,15 @@ class ClientApi:
         @app.get("/v1/processes", summary="The grid's processes (workers and connectors)")
         async def processes(who: Identity = ident) -> dict[str, Any]:
             state = self.paths.read_state() or {}
-            held = await self.db._all(
-                "SELECT lease_owner, COUNT(*) AS n FROM flows WHERE lease_owner IS NOT NULL GROUP BY lease_owner"
-            )
-            counts = {r["lease_owner"]: r["n"] for r in held}
+            holdings = await self.db.holdings()
             found = []
             for process in state.get("processes", []):
                 process = dict(process)
+                held = holdings.get(process.get("id", ""), {"flows": [], "requests": []})
                 process["alive"] = pid_alive(process.get("pid"))
-                process["flows"] = counts.get(process.get("id", ""), 0)
+                process["flows"] = len(held["flows"])
+                process["held_flows"] = held["flows"]
+                process["requests"] = held["requests"]
                 found.append(process)
             return {"processes": found}
 

@@ -658,6 +658,19 @@ class FlowStore:
         # A flow the Flow DB never heard of (a database wiped under the workspaces) has ended too.
         return sorted({r["id"] for r in rows} | (set(flow_ids) - known))
 
+    async def holdings(self) -> dict[str, dict[str, list[Any]]]:
+        """What each worker and connector holds now: leased flows, and requests in flight."""
+        held: dict[str, dict[str, list[Any]]] = {}
+        for row in await self._all("SELECT id, lease_owner FROM flows WHERE lease_owner IS NOT NULL"):
+            held.setdefault(row["lease_owner"], {"flows": [], "requests": []})["flows"].append(row["id"])
+        for row in await self._all(
+            "SELECT flow_id, seq, kind, executor FROM journal WHERE executor IS NOT NULL AND result IS NULL"
+        ):
+            held.setdefault(row["executor"], {"flows": [], "requests": []})["requests"].append(
+                {"flow_id": row["flow_id"], "seq": row["seq"], "kind": row["kind"]}
+            )
+        return held
+
     async def open_deadlines(self) -> list[dict[str, Any]]:
         rows = await self._all(
             "SELECT flow_id, seq, kind, deadline FROM journal WHERE result IS NULL AND deadline IS NOT NULL "

@@ -174,6 +174,7 @@ def test_sigkill_http_connector_in_flight(grid: Grid, http_server: CountingServe
     assert http_server.arrived.wait(20), "the request never reached the server"
     http_server.slow_seconds = 0
     connector = grid.processes("connector:http")[0]
+    assert [(r["flow_id"], r["kind"]) for r in connector["requests"]] == [(flow_id, "http")]
     os.kill(connector["pid"], signal.SIGKILL)
     flow = grid.wait(flow_id, timeout=40)
     assert flow["status"] == "completed", flow["error"]

@@ -1,4 +1,4 @@
-"""The workers pane: each grid process (workers, connectors, APIs) with its pid and the flows it holds."""
+"""The workers pane: each grid process (workers, connectors, APIs) with its pid, the flows and requests it holds."""
 
 from __future__ import annotations
 
@@ -33,7 +33,10 @@ class WorkersTable(DataTable[Any]):
         self.clear()
         for process in self.processes:
             held = [f for f in index.flows.values() if process.get("id") and f.get("worker") == process.get("id")]
-            holds = ", ".join(f"{f.get('flow')}#{short_id(f['id'])}" for f in held)
+            holds = ", ".join(
+                [f"{f.get('flow')}#{short_id(f['id'])}" for f in held]
+                + [f"{r['kind']} {short_id(r['flow_id'])}/{r['seq']}" for r in process.get("requests") or []]
+            )
             alive = Text("✔", style="green") if process.get("alive") else Text("✖ down", style="bright_red")
             self.add_row(process.get("role", ""), process.get("name", ""), str(process.get("pid") or "-"), alive,
                          str(process.get("flows", 0)), clip(holds, 30) or "-", str(process.get("restarts", 0)),
