@@ -29,6 +29,7 @@ FINISHED = ("completed", "failed", "cancelled")
 LEASE_SECONDS = 10.0
 EXECUTOR_GRACE = 5.0
 BUSY_SECONDS = 30.0
+LOG_INBOXES = ("_stdout", "_stderr")
 
 
 class Appended(NamedTuple):
@@ -278,6 +279,11 @@ class FlowStore:
             "INSERT INTO messages (flow_id, inbox, value, sender, created) VALUES (?, ?, ?, ?, ?)",
             (flow_id, inbox, _dumps(value), sender, time.time()),
         )
+        if inbox in LOG_INBOXES:  # a flow's _stdout and _stderr are its log: writing there is logging
+            flow = await self._the("SELECT root, name FROM flows WHERE id = ?", flow_id)
+            text = value if isinstance(value, str) else _dumps(value)
+            await self._event(db, flow_id, flow["root"], "log",
+                              {"text": text, "stream": inbox, "name": flow["name"], "sender": sender})
         return int(cursor.lastrowid or 0)
 
     async def add_injection(self, flow_id: str, action: str, seconds: float = 0.0) -> None:

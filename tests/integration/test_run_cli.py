@@ -158,3 +158,24 @@ def test_unreachable_context_exits_three(grid: Grid, tmp_path: Any) -> None:
     done = grid.cli("ps", "--context", "nowhere")
     assert done.returncode == 3
     assert "nowhere" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_writing_to_a_flows_stdout_is_logging(grid: Grid) -> None:
+    script = grid.write("writer.flow", """
+        if __name__ == "__flow__":
+            a = fctx().actions
+            print("printed")
+            a.write(fctx().flow_id, "written to my own log", inbox = "_stdout")
+            a.receive()
+    """)
+    flow_id = grid.cli("run", "--detach", str(script)).stdout.strip()
+    import time
+
+    deadline = time.monotonic() + 15
+    while len(grid.logs(flow_id)) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert grid.cli("send", "--inbox", "_stdout", flow_id, '"from outside"').returncode == 0
+    assert grid.cli("send", flow_id, "done").returncode == 0
+    assert grid.wait(flow_id)["status"] == "completed"
+    assert grid.cli("logs", flow_id).stdout == "printed\nwritten to my own log\nfrom outside\n"
