@@ -30,15 +30,16 @@ class LogPrinter:
 
     def line(self, event: dict[str, Any]) -> None:
         text = str(event.get("text", ""))
+        to_stderr = event.get("stream") == "_stderr"
         if event["flow_id"] == self.root:
-            typer.echo(text)
+            typer.echo(text, err=to_stderr)
             return
         name = str(event.get("name") or event["flow_id"])
         prefix = f"{name} | "
         if self.colour:
             colour = self._colours.setdefault(event["flow_id"], _COLOURS[len(self._colours) % len(_COLOURS)])
             prefix = typer.style(prefix, fg=colour)
-        typer.echo(prefix + text)
+        typer.echo(prefix + text, err=to_stderr)
 
 
 def follow(
