@@ -5,6 +5,7 @@
     │   ├── LoadError          a load() that is missing, escapes the project, or cycles
     │   └── LimitError         an evaluation bound was hit (budget, call stack)
     ├── FlowFailed             a flow ended with an error (carries the chained traceback)
+    ├── FlowCancelled          the flow being evaluated was cancelled
     ├── NonDeterminismError    a replayed request differs from the journal
     ├── ArgumentError          a value is not JSON-representable or fails its declared type
     ├── BundleError            a bundle is malformed, too large or does not match its digest
@@ -12,6 +13,10 @@
     │   ├── LeaseLostError     the writer no longer holds the flow's lease
     │   └── NotFoundError      no such flow / bundle / deployment
     └── GridError              a grid process or API is unreachable or refused a call
+        └── WireError          (api/wire.py) the Worker API, as workers and connectors reach it
+
+The CLI's client adds ClientError (unreachable, refused, bad request) and ContextError beneath
+FlowmetalError in flowmetal_cli, where the exit codes are decided.
 
 Errors are converted to messages only at the edges (CLI, TUI, HTTP APIs).
 """
@@ -80,6 +85,10 @@ class FlowFailed(FlowmetalError):
         self.message = message
         self.traceback = traceback
         super().__init__(message)
+
+
+class FlowCancelled(FlowmetalError):
+    pass
 
 
 class NonDeterminismError(FlowmetalError):

@@ -22,6 +22,7 @@ import starlark as sl
 
 from grid_local.errors import (
     ArgumentError,
+    FlowCancelled,
     FlowmetalError,
     LimitError,
     LoadError,
@@ -108,10 +109,6 @@ class _Suspend(Exception):
 
 class _FlowFailure(Exception):
     """Raised by unwrap() of an Err: ends the flow with that error (and the child's traceback)."""
-
-
-class FlowCancelled(FlowmetalError):
-    pass
 
 
 def _starlark_message(text: str) -> str:
