@@ -298,25 +298,32 @@ class FlowStore:
     # -- worker side ----------------------------------------------------------------------------
 
     async def claim(self, worker: str, limit: int) -> list[dict[str, Any]]:
-        """Lease up to ``limit`` runnable flows to ``worker``; returns their tasks with journals."""
+        """Lease up to ``limit`` runnable flows to ``worker``; returns their tasks with journals.
+
+        One UPDATE ... RETURNING leases them all and one SELECT reads their journals, however many."""
         now = time.time()
         async with self.write() as db:
             rows = await self._all(
-                "SELECT * FROM flows WHERE runnable = 1 AND lease_owner IS NULL ORDER BY created LIMIT ?", limit
+                "UPDATE flows SET lease_owner = ?, lease_expires = ?, lease_epoch = lease_epoch + 1, runnable = 0, "
+                "status = 'running', updated = ? WHERE id IN (SELECT id FROM flows WHERE runnable = 1 "
+                "AND lease_owner IS NULL ORDER BY created LIMIT ?) RETURNING *",
+                worker, now + LEASE_SECONDS, now, limit,
             )
+            if not rows:
+                return []
+            journals: dict[str, list[dict[str, Any]]] = {row["id"]: [] for row in rows}
+            marks = ",".join("?" * len(rows))
+            for entry in await self._all(
+                f"SELECT * FROM journal WHERE flow_id IN ({marks}) ORDER BY flow_id, seq", *journals
+            ):
+                journals[entry["flow_id"]].append(_entry(entry).to_json())
             tasks = []
-            for row in rows:
-                epoch = row["lease_epoch"] + 1
-                await db.execute(
-                    "UPDATE flows SET lease_owner = ?, lease_expires = ?, lease_epoch = ?, runnable = 0, "
-                    "status = 'running', updated = ? WHERE id = ?",
-                    (worker, now + LEASE_SECONDS, epoch, now, row["id"]),
-                )
-                entries = [e.to_json() for e in await self.get_journal(row["id"])]
+            for row in sorted(rows, key=lambda r: r["created"]):
+                entries = journals[row["id"]]
                 await self._event(db, row["id"], row["root"], "flow",
                                   {"status": "running", "worker": worker, "replay": len(entries), "name": row["name"]})
                 task = _flow_json(row)
-                task.update(lease=f"{worker}:{epoch}", epoch=epoch, journal=entries, status="running")
+                task.update(lease=f"{worker}:{row['lease_epoch']}", epoch=row["lease_epoch"], journal=entries)
                 tasks.append(task)
             return tasks
 
@@ -462,10 +469,23 @@ class FlowStore:
         return jr.ok(None)
 
     async def _wait_result(self, db: aiosqlite.Connection, args: dict[str, Any], timed_out: bool) -> dict[str, Any] | None:
+        """The results of a wait on child flows, in the order given; None while one is still running."""
+        tasks = args.get("tasks") or []
+        ids = [t.get("flow_id") for t in tasks if isinstance(t, dict) and isinstance(t.get("flow_id"), str)]
+        marks = ",".join("?" * len(ids))
+        if ids and not timed_out:
+            # Cheap test first: a parent waiting on many children is re-checked as each one ends.
+            running = await self._the(
+                f"SELECT COUNT(*) AS n FROM flows WHERE id IN ({marks}) AND status NOT IN ('completed', 'failed', 'cancelled')",
+                *ids,
+            )
+            if running["n"]:
+                return None
+        children = {row["id"]: row for row in await self._all(f"SELECT * FROM flows WHERE id IN ({marks})", *ids)} if ids else {}
         results = []
-        for task in args.get("tasks") or []:
+        for task in tasks:
             child_id = task.get("flow_id") if isinstance(task, dict) else None
-            child = await self._one("SELECT * FROM flows WHERE id = ?", child_id) if child_id else None
+            child = children.get(child_id) if isinstance(child_id, str) else None
             if child is None:
                 results.append(jr.err(f"wait: {task!r} is not a task"))
             elif child["status"] == "completed":
