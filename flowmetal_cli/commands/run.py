@@ -84,7 +84,9 @@ def run(
 
     Starts the local grid in the background when none is running. Exit code: 0 when the flow
     completes, 1 when it fails (error and Starlark traceback on stderr), 2 on usage or bundle
-    errors, 3 when the grid is unreachable, 4 when refused.
+    errors, 3 when the grid is unreachable, 4 when refused. With --watch, every change to the
+    script or a file it loads cancels the run and starts a new one; Ctrl-C cancels the running
+    flow and exits 130.
 
     Examples:
 
