@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from flowmetal_cli.client import GridClient, GridUnreachable
 from flowmetal_cli.console import info
 from flowmetal_cli.contexts import Context, resolve_context
@@ -18,10 +21,25 @@ def local_grid_url(autostart: bool) -> str:
             raise GridUnreachable(f"no local grid is running for {paths.home} (start one: flowmetal grid up)")
         try:
             state = start_background(paths)
+            info(f"started a local grid at {state['url']} (stop it with: flowmetal grid down)")
         except RuntimeError as exc:
-            raise GridUnreachable(f"could not start the local grid: {exc}") from None
-        info(f"started a local grid at {state['url']} (stop it with: flowmetal grid down)")
+            # Another command may have started it at the same moment: then use that one.
+            state = _wait_for_grid(paths, timeout=30.0)
+            if state is None:
+                raise GridUnreachable(f"could not start the local grid: {exc}") from None
     return str(state["url"])
+
+
+def _wait_for_grid(paths: GridPaths, timeout: float) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = running_state(paths)
+        if state is not None:
+            return state
+        if not (paths.home / "grid.lock").exists():
+            return None  # nobody is starting one
+        time.sleep(0.05)
+    return None
 
 
 def connect(context: str | None = None, autostart: bool = False) -> GridClient:

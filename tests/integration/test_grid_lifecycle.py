@@ -88,3 +88,24 @@ def test_two_grids_side_by_side(grid: Grid, tmp_path: Any) -> None:
     finally:
         subprocess.run([sys.executable, "-m", "flowmetal_cli", "grid", "down"], env=env, capture_output=True,
                        timeout=60)
+
+
+def test_two_runs_racing_to_start_the_grid_share_one(tmp_path: Any) -> None:
+    from grid_local.home import GridPaths
+    from tests.integration.conftest import grid_env, stop_grid
+
+    env = grid_env(tmp_path)
+    script = tmp_path / "hi.flow"
+    script.write_text('print("hi")\n')
+    paths = GridPaths(tmp_path / "home")
+    try:
+        runs = [subprocess.Popen([sys.executable, "-m", "flowmetal_cli", "run", str(script)], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outcomes = [run.communicate(timeout=90) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], outcomes
+        assert [out for out, _ in outcomes] == ["hi\n", "hi\n"]
+        assert sum("started a local grid" in err for _, err in outcomes) == 1
+        state = paths.read_state()
+        assert state is not None and pid_alive(state["pid"])
+    finally:
+        stop_grid(paths)
