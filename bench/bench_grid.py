@@ -119,6 +119,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)
     options = parser.parse_args()
+    for stop in (signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(stop, lambda *_: sys.exit(1))  # so that `finally` stops the grid
     home = Path(tempfile.mkdtemp(prefix="flowmetal-bench-"))
     paths = GridPaths(home)
     state = start_background(paths, workers=options.workers)
