@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from grid_local.api.notify import Notifier, PeerPoke, wait_for, watch_other_writers
+from grid_local.api.notify import ANY_CHANGE, Notifier, PeerPoke, wait_for, watch_other_writers
 from grid_local.bundle_format import MAX_BUNDLE_BYTES, read_bundle
 from grid_local.db.store import FINISHED, FlowStore
 from grid_local.errors import ArgumentError, BundleError, NotFoundError
@@ -116,7 +116,7 @@ class ClientApi:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         self.store = await FlowStore.open(self.paths.db)
-        self.store.on_commit.append(lambda notes: self.notifier.publish_all())
+        self.store.on_commit.append(lambda notes: self.notifier.publish([ANY_CHANGE]))
         self.store.on_commit.append(self.poke.poke)
         await self.poke.start()
         watcher = asyncio.create_task(watch_other_writers(self.store, self.notifier))
@@ -246,7 +246,7 @@ class ClientApi:
                 await self.visible_flow(root, who)
             deadline = time.monotonic() + wait
             while True:
-                with self.notifier.subscribe("events") as woken:
+                with self.notifier.subscribe(ANY_CHANGE) as woken:
                     found = await self.db.events_after(after, root=root)
                     if root is None and self.tokens is not None:
                         found = [e for e in found if await self._event_visible(e, who)]

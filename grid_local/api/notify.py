@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Iterator
+from typing import Any
 
 from grid_local.db.store import FlowStore
 
@@ -65,16 +67,26 @@ async def watch_other_writers(store: FlowStore, notifier: Notifier, interval: fl
             notifier.publish_all()
 
 
+# Every poke also wakes this topic: event streams follow any change at all.
+ANY_CHANGE = "events"
+
+
 class _PokeProtocol(asyncio.DatagramProtocol):
     def __init__(self, notifier: Notifier) -> None:
         self.notifier = notifier
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.notifier.publish_all()
+        try:
+            topics = [tuple(topic) for topic in json.loads(data)]
+        except (ValueError, TypeError):
+            self.notifier.publish_all()
+            return
+        self.notifier.publish([*topics, ANY_CHANGE])
 
 
 class PeerPoke:
-    """Cross-process wake-ups without polling: a one-byte UDP datagram on loopback after each commit.
+    """Cross-process wake-ups without polling: a UDP datagram on loopback after each commit, listing
+    the topics the commit touched, so that only the waiters concerned wake up.
 
     The APIs poke each other (the Client API's commits wake the Worker API's claimers; the Worker
     API's wake the Client API's event streams). A lost datagram only costs latency: the
@@ -97,9 +109,13 @@ class PeerPoke:
             transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
         self.transport = transport  # type: ignore[assignment]
 
-    def poke(self, notes: object = None) -> None:
+    def poke(self, notes: set[tuple[Any, ...]]) -> None:
+        """Tell the peer what this commit changed (the topics its waiters subscribe to)."""
         if self.transport is not None and self.peer is not None:
-            self.transport.sendto(b"!", self.peer)
+            payload = json.dumps(sorted(list(note) for note in notes)).encode()
+            if len(payload) > 60000:  # too many to list in one datagram: wake everything
+                payload = b"!"
+            self.transport.sendto(payload, self.peer)
 
     def close(self) -> None:
         if self.transport is not None:

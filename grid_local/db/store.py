@@ -106,6 +106,28 @@ class FlowStore:
         for callback in self.on_commit:
             callback(notes)
 
+    async def write_statement(self, sql: str, params: tuple[Any, ...], notes: set[tuple[Any, ...]]) -> int:
+        """One writing statement as its own transaction (a single trip to the connection's thread).
+
+        Returns the rows it changed; ``notes`` are published when it changed any."""
+        async with self._write_lock:
+            delay = 0.001
+            deadline = time.monotonic() + BUSY_SECONDS
+            while True:
+                try:
+                    cursor = await self.db.execute(sql, params)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+        changed = int(cursor.rowcount)
+        if changed:
+            for callback in self.on_commit:
+                callback(notes)
+        return changed
+
     async def _begin_immediate(self) -> None:
         """BEGIN IMMEDIATE, retried: SQLite skips the busy handler in some WAL races (SQLITE_BUSY_SNAPSHOT
         and recovery), so "database is locked" can come back at once even with a busy timeout."""
@@ -124,11 +146,11 @@ class FlowStore:
     async def data_version(self) -> int:
         return (await self._the("PRAGMA data_version"))[0]
 
-    # Cursors are always closed: an open statement would pin a stale read snapshot, and a later
-    # BEGIN IMMEDIATE on this connection would fail with "database is locked" at once.
+    # Statements always run to completion and close: an open one would pin a stale read snapshot,
+    # and a later BEGIN IMMEDIATE on this connection would fail with "database is locked" at once.
     async def _one(self, sql: str, *params: Any) -> aiosqlite.Row | None:
-        async with self.db.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+        rows = await self._all(sql, *params)
+        return rows[0] if rows else None
 
     async def _the(self, sql: str, *params: Any) -> aiosqlite.Row:
         """The one row a query must find (inside a transaction that already established it exists)."""
@@ -138,8 +160,9 @@ class FlowStore:
         return row
 
     async def _all(self, sql: str, *params: Any) -> list[aiosqlite.Row]:
-        async with self.db.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        # One trip to the connection's thread (execute, fetch and close together): in a VM each
+        # cross-thread hand-off costs far more than the query itself.
+        return list(await self.db.execute_fetchall(sql, params))
 
     async def _event(self, db: aiosqlite.Connection, flow_id: str, root: str, kind: str, data: dict[str, Any]) -> None:
         """Record an event of the current transaction (written in one statement at commit)."""
@@ -301,6 +324,8 @@ class FlowStore:
         """Lease up to ``limit`` runnable flows to ``worker``; returns their tasks with journals.
 
         One UPDATE ... RETURNING leases them all and one SELECT reads their journals, however many."""
+        if await self._one("SELECT 1 FROM flows WHERE runnable = 1 AND lease_owner IS NULL LIMIT 1") is None:
+            return []  # a read first: woken claimers must not queue for the write lock for nothing
         now = time.time()
         async with self.write() as db:
             rows = await self._all(
@@ -345,23 +370,24 @@ class FlowStore:
     async def append(self, flow_id: str, worker: str, epoch: int, entry: JournalEntry) -> Appended:
         """Commit a request (and its result when it has one), with any result answered in the same transaction."""
         now = time.time()
+        if entry.result is not None:
+            # Fast path for actions answered by the worker (now, random, uuid, print): one conditional
+            # INSERT, its own transaction, checks the lease, the sequence number and that no failure
+            # injection is pending; the journal triggers write its events in the same statement.
+            inserted = await self.write_statement(
+                "INSERT INTO journal (flow_id, seq, kind, args, hash, callsite, result, requested_at, "
+                "answered_at, worker) SELECT f.id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM flows f WHERE f.id = ? "
+                "AND f.lease_owner = ? AND f.lease_epoch = ? AND f.status != 'cancelled' "
+                "AND COALESCE((SELECT MAX(seq) FROM journal WHERE flow_id = f.id), 0) + 1 = ? "
+                "AND NOT EXISTS (SELECT 1 FROM injections WHERE flow_id = f.id AND used_seq IS NULL)",
+                (entry.seq, entry.kind, _dumps(entry.args), entry.hash, entry.callsite, _dumps(entry.result),
+                 entry.requested_at or now, now, worker, flow_id, worker, epoch, entry.seq),
+                notes={("result", flow_id, entry.seq)},
+            )
+            if inserted:
+                return Appended(entry.result, 0.0)
+            # Otherwise the full path below says why it is refused, or applies the injection.
         async with self.write() as db:
-            if entry.result is not None:
-                # Fast path for actions answered by the worker (now, random, uuid, print): one conditional
-                # INSERT checks the lease, the sequence number and that no injection is pending.
-                cursor = await db.execute(
-                    "INSERT INTO journal (flow_id, seq, kind, args, hash, callsite, result, requested_at, "
-                    "answered_at, worker) SELECT f.id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM flows f WHERE f.id = ? "
-                    "AND f.lease_owner = ? AND f.lease_epoch = ? AND f.status != 'cancelled' "
-                    "AND COALESCE((SELECT MAX(seq) FROM journal WHERE flow_id = f.id), 0) + 1 = ? "
-                    "AND NOT EXISTS (SELECT 1 FROM injections WHERE flow_id = f.id AND used_seq IS NULL)",
-                    (entry.seq, entry.kind, _dumps(entry.args), entry.hash, entry.callsite, _dumps(entry.result),
-                     entry.requested_at or now, now, worker, flow_id, worker, epoch, entry.seq),
-                )
-                if cursor.rowcount == 1:
-                    self.notes.add(("result", flow_id, entry.seq))
-                    return Appended(entry.result, 0.0)
-                # Otherwise the full path below says why it is refused, or applies the injection.
             # One statement for the lease, the expected sequence number and a pending failure injection.
             flow = self._check_held(await self._one(
                 "SELECT f.*, (SELECT MAX(seq) FROM journal WHERE flow_id = f.id) AS last_seq, "
@@ -654,6 +680,10 @@ class FlowStore:
         """Lease open requests of these kinds to a connector, each for its timeout plus a grace period."""
         now = time.time()
         marks = ",".join("?" * len(kinds))
+        if await self._one(
+            f"SELECT 1 FROM journal WHERE kind IN ({marks}) AND result IS NULL AND executor IS NULL LIMIT 1", *kinds
+        ) is None:
+            return []
         async with self.write() as db:
             rows = await self._all(
                 f"SELECT flow_id, seq, kind, args FROM journal WHERE kind IN ({marks}) AND result IS NULL "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 import httpx
@@ -89,10 +90,10 @@ def test_stale_worker_cannot_write(grid: Grid) -> None:
     data, digest = write_bundle("a.flow", {"a.flow": "fctx().actions.sleep(30)\n"}, {})
     grid.client.upload_bundle(data, digest)
     flow_id = grid.client.start_flow(digest, {})["id"]
-    for _ in range(200):
-        flow = grid.client.get_flow(flow_id)
-        if flow["journal"]:
-            break
+    deadline = time.monotonic() + 15
+    while not grid.client.get_flow(flow_id)["journal"]:
+        assert time.monotonic() < deadline, "the flow never reached its sleep"
+        time.sleep(0.02)
     before = _counts(grid)
     with httpx.Client(base_url=grid.state["worker_url"]) as api:
         response = api.post(f"/v1/flows/{flow_id}/journal", json={"worker": "impostor.1", "epoch": 1, "entry": {
