@@ -125,4 +125,22 @@ MIGRATIONS: list[str] = [
         FROM flows f WHERE f.id = NEW.flow_id;
     END;
     """,
+    # 3: a flow's creation and its end are events written by triggers too, so that starting a flow
+    # and finishing a root flow are each one statement
+    """
+    CREATE TRIGGER flow_created AFTER INSERT ON flows
+    BEGIN
+        INSERT INTO events (flow_id, root, kind, data, at)
+        VALUES (NEW.id, NEW.root, 'flow',
+                json_object('status', NEW.status, 'name', NEW.name, 'parent', NEW.parent), NEW.created);
+    END;
+    CREATE TRIGGER flow_finished AFTER UPDATE OF status ON flows
+    WHEN NEW.status IN ('completed', 'failed', 'cancelled') AND OLD.status NOT IN ('completed', 'failed', 'cancelled')
+    BEGIN
+        INSERT INTO events (flow_id, root, kind, data, at)
+        VALUES (NEW.id, NEW.root, 'flow',
+                json_object('status', NEW.status, 'name', NEW.name, 'parent', NEW.parent,
+                            'result', json(NEW.result), 'error', json(NEW.error)), NEW.updated);
+    END;
+    """,
 ]

@@ -106,27 +106,25 @@ class FlowStore:
         for callback in self.on_commit:
             callback(notes)
 
-    async def write_statement(self, sql: str, params: tuple[Any, ...], notes: set[tuple[Any, ...]]) -> int:
-        """One writing statement as its own transaction (a single trip to the connection's thread).
-
-        Returns the rows it changed; ``notes`` are published when it changed any."""
+    async def write_statement(self, sql: str, params: tuple[Any, ...], notes: set[tuple[Any, ...]]) -> list[aiosqlite.Row]:
+        """One writing statement ending in RETURNING, as its own transaction (one trip to the
+        connection's thread). Returns the rows it changed; ``notes`` are published when there are any."""
         async with self._write_lock:
             delay = 0.001
             deadline = time.monotonic() + BUSY_SECONDS
             while True:
                 try:
-                    cursor = await self.db.execute(sql, params)
+                    rows = list(await self.db.execute_fetchall(sql, params))
                     break
                 except sqlite3.OperationalError as exc:
                     if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.05)
-        changed = int(cursor.rowcount)
-        if changed:
+        if rows:
             for callback in self.on_commit:
                 callback(notes)
-        return changed
+        return rows
 
     async def _begin_immediate(self) -> None:
         """BEGIN IMMEDIATE, retried: SQLite skips the busy handler in some WAL races (SQLITE_BUSY_SNAPSHOT
@@ -212,23 +210,21 @@ class FlowStore:
 
     async def start_flow(self, bundle: str, args: dict[str, Any], quota: str, username: str,
                          name: str | None = None) -> dict[str, Any]:
-        """Start a root flow at the bundle's entry script (one INSERT that also proves the bundle exists)."""
+        """Start a root flow at the bundle's entry script: one INSERT, which also proves the bundle exists
+        (and whose trigger records the event)."""
         flow_id = new_id()
         now = time.time()
-        async with self.write() as db:
-            created = await self._one(
-                "INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, "
-                "created, updated, runnable) SELECT ?, NULL, ?, COALESCE(?, b.entry), b.digest, "
-                "json_object('module', b.entry, 'function', NULL), ?, ?, ?, 'pending', ?, ?, 1 "
-                "FROM bundles b WHERE b.digest = ? RETURNING *",
-                flow_id, flow_id, name, _dumps(args), quota, username, now, now, bundle,
-            )
-            if created is None:
-                raise NotFoundError(f"no bundle {bundle}")
-            await self._event(db, flow_id, flow_id, "flow",
-                              {"status": "pending", "name": created["name"], "parent": None})
-            self.notes.add(("runnable",))
-        return _flow_json(created)
+        rows = await self.write_statement(
+            "INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, "
+            "created, updated, runnable) SELECT ?, NULL, ?, COALESCE(?, b.entry), b.digest, "
+            "json_object('module', b.entry, 'function', NULL), ?, ?, ?, 'pending', ?, ?, 1 "
+            "FROM bundles b WHERE b.digest = ? RETURNING *",
+            (flow_id, flow_id, name, _dumps(args), quota, username, now, now, bundle),
+            notes={("runnable",)},
+        )
+        if not rows:
+            raise NotFoundError(f"no bundle {bundle}")
+        return _flow_json(rows[0])
 
     async def get_flow(self, flow_id: str) -> dict[str, Any]:
         row = await self._one("SELECT * FROM flows WHERE id = ?", flow_id)
@@ -379,7 +375,7 @@ class FlowStore:
                 "answered_at, worker) SELECT f.id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM flows f WHERE f.id = ? "
                 "AND f.lease_owner = ? AND f.lease_epoch = ? AND f.status != 'cancelled' "
                 "AND COALESCE((SELECT MAX(seq) FROM journal WHERE flow_id = f.id), 0) + 1 = ? "
-                "AND NOT EXISTS (SELECT 1 FROM injections WHERE flow_id = f.id AND used_seq IS NULL)",
+                "AND NOT EXISTS (SELECT 1 FROM injections WHERE flow_id = f.id AND used_seq IS NULL) RETURNING seq",
                 (entry.seq, entry.kind, _dumps(entry.args), entry.hash, entry.callsite, _dumps(entry.result),
                  entry.requested_at or now, now, worker, flow_id, worker, epoch, entry.seq),
                 notes={("result", flow_id, entry.seq)},
@@ -481,8 +477,6 @@ class FlowStore:
             (child_id, parent["id"], parent["root"], spec["name"], parent["bundle"], _dumps(entry),
              _dumps(args.get("args") or {}), parent["quota"], parent["username"], now, now),
         )
-        await self._event(db, child_id, parent["root"], "flow",
-                          {"status": "pending", "name": spec["name"], "parent": parent["id"]})
         self.notes.add(("runnable",))
         return jr.ok({"flow_id": child_id, "flow": spec["name"]})
 
@@ -577,6 +571,18 @@ class FlowStore:
 
     async def finish(self, flow_id: str, worker: str, epoch: int, status: str, result: Any = None,
                      error: dict[str, Any] | None = None) -> None:
+        now = time.time()
+        # A root flow held by this worker ends in one statement; children (a parent may wait on them)
+        # and refusals (to say why) take the full path.
+        ended = await self.write_statement(
+            "UPDATE flows SET status = ?, result = ?, error = ?, finished = ?, updated = ?, lease_owner = NULL, "
+            "lease_expires = NULL, runnable = 0 WHERE id = ? AND parent IS NULL AND lease_owner = ? "
+            "AND lease_epoch = ? AND status NOT IN ('completed', 'failed', 'cancelled') RETURNING id",
+            (status, _dumps(result), None if error is None else _dumps(error), now, now, flow_id, worker, epoch),
+            notes={("finished", flow_id)},
+        )
+        if ended:
+            return
         async with self.write() as db:
             flow = await self._check_lease(flow_id, worker, epoch)
             await self._finish(db, flow, status, result, error)
@@ -591,10 +597,7 @@ class FlowStore:
             "lease_expires = NULL, runnable = 0 WHERE id = ?",
             (status, _dumps(result), None if error is None else _dumps(error), now, now, flow_id),
         )
-        await self._event(db, flow_id, flow["root"], "flow", {
-            "status": status, "name": flow["name"], "parent": flow["parent"], "result": result, "error": error,
-        })
-        self.notes.add(("finished", flow_id))
+        self.notes.add(("finished", flow_id))  # (the flow_finished trigger records the event)
         if flow["parent"] is None:
             return
         parent = await self._the("SELECT * FROM flows WHERE id = ?", flow["parent"])
