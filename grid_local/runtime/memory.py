@@ -28,12 +28,12 @@ class MemoryGrid:
     names: dict[str, str] = field(default_factory=dict)
     evaluations: int = 0
     _ids: Any = field(default_factory=lambda: itertools.count(1))
+    _entries: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
 
     def start(self, entry: dict[str, Any], args: dict[str, Any] | None = None, name: str = "") -> str:
         flow_id = f"f{next(self._ids)}"
         self.journals[flow_id] = []
         self.names[flow_id] = name or entry["module"]
-        self._entries = getattr(self, "_entries", {})
         self._entries[flow_id] = (entry, args or {})
         return flow_id
 

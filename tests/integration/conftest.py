@@ -136,7 +136,36 @@ def grid(grid_factory: Any) -> Grid:
     return grid_factory()
 
 
-class CountingServer:
+class QuietJsonHandler(BaseHTTPRequestHandler):
+    """A test server's handler: JSON answers, no access log on stderr."""
+
+    def send_json(self, status: int, value: Any) -> None:
+        payload = json.dumps(value).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class LoopbackServer:
+    """A threaded HTTP server on an ephemeral 127.0.0.1 port, serving until close()."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class CountingServer(LoopbackServer):
     """A loopback HTTP server that counts requests per path; ``/slow`` holds the response for a while."""
 
     def __init__(self) -> None:
@@ -146,7 +175,7 @@ class CountingServer:
         self.arrived = threading.Event()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietJsonHandler):
             def do_GET(self) -> None:  # noqa: N802
                 self._answer()
 
@@ -167,29 +196,13 @@ class CountingServer:
                     self.send_response(503)
                     self.end_headers()
                     return
-                payload = json.dumps({"path": path, "count": count, "body": body.decode() or None}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.send_json(200, {"path": path, "count": count, "body": body.decode() or None})
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__(Handler)
 
     def count(self, path: str) -> int:
         with self.lock:
             return self.counts.get(path, 0)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from grid_local.home import GridPaths
 from grid_local.supervisor import start_background
-from tests.integration.conftest import CountingServer, Grid, grid_env, stop_grid
+from tests.integration.conftest import CountingServer, Grid, LoopbackServer, QuietJsonHandler, grid_env, stop_grid
 
 TEMPLATES = ["hello", "ci", "webhook", "rest", "batch"]
 
@@ -57,7 +56,7 @@ def run(grid: Grid, entry: Path, *args: str) -> Any:
     return done
 
 
-class RestApis:
+class RestApis(LoopbackServer):
     """A source API (GET /items: a JSON list; the first GET answers 503) and a target (POST /records)."""
 
     def __init__(self, items: int = 7) -> None:
@@ -67,44 +66,26 @@ class RestApis:
         self.lock = threading.Lock()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietJsonHandler):
             def do_GET(self) -> None:  # noqa: N802
                 with outer.lock:
                     outer.gets += 1
                     first = outer.gets == 1
                 if first:
-                    self._send(503, {"error": "warming up"})
+                    self.send_json(503, {"error": "warming up"})
                 else:
-                    self._send(200, outer.items)
+                    self.send_json(200, outer.items)
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"null")
                 if self.path.startswith("/broken"):
-                    self._send(500, {"error": "down"})
+                    self.send_json(500, {"error": "down"})
                     return
                 with outer.lock:
                     outer.records.append((self.headers.get("idempotency-key", ""), body))
-                self._send(201, {"saved": body["external_id"]})
+                self.send_json(201, {"saved": body["external_id"]})
 
-            def _send(self, status: int, value: Any) -> None:
-                payload = json.dumps(value).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
