@@ -560,11 +560,16 @@ class FlowStore:
         return len(pairs)
 
     async def result_of(self, flow_id: str, seq: int) -> tuple[dict[str, Any] | None, str]:
-        """An entry's result (or None) and the flow's status."""
-        row = await self._one(
-            "SELECT j.result, f.status FROM journal j JOIN flows f ON f.id = j.flow_id WHERE j.flow_id = ? AND j.seq = ?",
-            flow_id, seq,
-        )
+        """An entry's result (or None) and the flow's status, as committed.
+
+        Read under the write lock: this connection is shared, and a result another coroutine has
+        written but not yet committed must never reach a worker."""
+        async with self._write_lock:
+            row = await self._one(
+                "SELECT j.result, f.status FROM journal j JOIN flows f ON f.id = j.flow_id "
+                "WHERE j.flow_id = ? AND j.seq = ?",
+                flow_id, seq,
+            )
         if row is None:
             raise NotFoundError(f"no journal entry {flow_id}/{seq}")
         return _loads(row["result"]), row["status"]
