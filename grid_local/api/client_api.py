@@ -12,7 +12,6 @@ import contextlib
 import getpass
 import os
 import signal
-import time
 import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from grid_local.api.notify import ANY_CHANGE, Notifier, PeerPoke, wait_for, watch_other_writers
+from grid_local.api.notify import ANY_CHANGE, Notifier, PeerPoke, long_poll, watch_other_writers
 from grid_local.bundle_format import MAX_BUNDLE_BYTES, read_bundle
 from grid_local.db.store import FINISHED, FlowStore
 from grid_local.errors import ArgumentError, BundleError, NotFoundError
@@ -244,17 +243,15 @@ class ClientApi:
         ) -> dict[str, Any]:
             if root is not None:
                 await self.visible_flow(root, who)
-            deadline = time.monotonic() + wait
-            while True:
-                with self.notifier.subscribe(ANY_CHANGE) as woken:
-                    found = await self.db.events_after(after, root=root)
-                    if root is None and self.tokens is not None:
-                        found = [e for e in found if await self._event_visible(e, who)]
-                    remaining = deadline - time.monotonic()
-                    if found or remaining <= 0:
-                        cursor = found[-1]["id"] if found else after
-                        return {"events": found, "cursor": cursor}
-                    await wait_for(woken, remaining)
+
+            async def check() -> list[dict[str, Any]]:
+                found = await self.db.events_after(after, root=root)
+                if root is None and self.tokens is not None:
+                    found = [e for e in found if await self._event_visible(e, who)]
+                return found
+
+            found = await long_poll(self.notifier, [ANY_CHANGE], wait, check, bool)
+            return {"events": found, "cursor": found[-1]["id"] if found else after}
 
         @app.post("/v1/flows/{flow_id}/inject", summary="Failure injection: fail or delay the flow's next action")
         async def inject(flow_id: str, body: Injection, who: Identity = ident) -> dict[str, Any]:

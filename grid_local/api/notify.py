@@ -11,10 +11,13 @@ import asyncio
 import contextlib
 import json
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Iterator
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from grid_local.db.store import FlowStore
+
+T = TypeVar("T")
 
 
 class Notifier:
@@ -54,6 +57,23 @@ async def wait_for(future: asyncio.Future[None], timeout: float) -> bool:
         return True
     except asyncio.TimeoutError:
         return False
+
+
+async def long_poll(
+    notifier: Notifier, topics: Iterable[Hashable], wait: float,
+    check: Callable[[], Awaitable[T]], ready: Callable[[T], bool],
+) -> T:
+    """Re-run ``check`` each time one of ``topics`` is published, until ``ready`` says its answer
+    will do or ``wait`` seconds pass; returns the last answer."""
+    deadline = time.monotonic() + wait
+    topics = tuple(topics)
+    while True:
+        with notifier.subscribe(*topics) as woken:
+            answer = await check()
+            remaining = deadline - time.monotonic()
+            if ready(answer) or remaining <= 0:
+                return answer
+            await wait_for(woken, remaining)
 
 
 async def watch_other_writers(store: FlowStore, notifier: Notifier, interval: float = 0.05) -> None:

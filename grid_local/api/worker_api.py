@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from grid_local.api.notify import Notifier, PeerPoke, wait_for, watch_other_writers
+from grid_local.api.notify import Notifier, PeerPoke, long_poll, wait_for, watch_other_writers
 from grid_local.db.store import FlowStore
 from grid_local.errors import FlowmetalError, LeaseLostError, NotFoundError
 from grid_local.runtime.journal import ALL_KINDS, CONNECTOR_KINDS, JournalEntry
@@ -124,19 +123,18 @@ class WorkerApi:
         worker = field(data, "worker", str)
         limit = field(data, "limit", int, 1)
         wait = min(float(field(data, "wait", (int, float), 10.0)), MAX_WAIT)
-        deadline = time.monotonic() + wait
-        while True:
+
+        async def check() -> list[dict[str, Any]]:
             if worker in self.gone or await request.is_disconnected():
                 raise LeaseLostError(f"worker {worker} is gone")
-            with self.notifier.subscribe(("runnable",)) as woken:
-                tasks = await self.db.claim(worker, max(1, min(limit, 100)))
-                if tasks and worker in self.gone:  # declared dead while claiming: hand them back
-                    await self.db.release_worker(worker, "worker exited")
-                    raise LeaseLostError(f"worker {worker} is gone")
-                remaining = deadline - time.monotonic()
-                if tasks or remaining <= 0:
-                    return JSONResponse({"tasks": tasks})
-                await wait_for(woken, remaining)
+            tasks = await self.db.claim(worker, max(1, min(limit, 100)))
+            if tasks and worker in self.gone:  # declared dead while claiming: hand them back
+                await self.db.release_worker(worker, "worker exited")
+                raise LeaseLostError(f"worker {worker} is gone")
+            return tasks
+
+        tasks = await long_poll(self.notifier, [("runnable",)], wait, check, bool)
+        return JSONResponse({"tasks": tasks})
 
     async def bundle(self, request: Request) -> Response:
         data = await self.db.get_bundle(request.path_params["digest"])
@@ -165,14 +163,12 @@ class WorkerApi:
         flow_id = request.path_params["flow_id"]
         seq = int(request.path_params["seq"])
         wait = min(float(request.query_params.get("wait", "0")), MAX_WAIT)
-        deadline = time.monotonic() + wait
-        while True:
-            with self.notifier.subscribe(("result", flow_id, seq), ("finished", flow_id)) as woken:
-                result, status = await self.db.result_of(flow_id, seq)
-                remaining = deadline - time.monotonic()
-                if result is not None or status in ("cancelled", "failed", "completed") or remaining <= 0:
-                    return JSONResponse({"result": result, "status": status})
-                await wait_for(woken, remaining)
+        result, status = await long_poll(
+            self.notifier, [("result", flow_id, seq), ("finished", flow_id)], wait,
+            lambda: self.db.result_of(flow_id, seq),
+            lambda answer: answer[0] is not None or answer[1] in ("cancelled", "failed", "completed"),
+        )
+        return JSONResponse({"result": result, "status": status})
 
     async def finish(self, request: Request) -> Response:
         flow_id = request.path_params["flow_id"]
@@ -214,19 +210,18 @@ class WorkerApi:
         executor = field(data, "executor", str)
         limit = field(data, "limit", int, 16)
         wait = min(float(field(data, "wait", (int, float), 10.0)), MAX_WAIT)
-        deadline = time.monotonic() + wait
-        while True:
+
+        async def check() -> list[dict[str, Any]]:
             if executor in self.gone or await request.is_disconnected():
                 raise LeaseLostError(f"connector {executor} is gone")
-            with self.notifier.subscribe(*[("requests", kind) for kind in kinds]) as woken:
-                claimed = await self.db.claim_requests(kinds, executor, max(1, min(limit, 100)))
-                if claimed and executor in self.gone:  # declared dead while claiming
-                    await self.db.release_executor(executor)
-                    raise LeaseLostError(f"connector {executor} is gone")
-                remaining = deadline - time.monotonic()
-                if claimed or remaining <= 0:
-                    return JSONResponse({"requests": claimed})
-                await wait_for(woken, remaining)
+            claimed = await self.db.claim_requests(kinds, executor, max(1, min(limit, 100)))
+            if claimed and executor in self.gone:  # declared dead while claiming
+                await self.db.release_executor(executor)
+                raise LeaseLostError(f"connector {executor} is gone")
+            return claimed
+
+        claimed = await long_poll(self.notifier, [("requests", kind) for kind in kinds], wait, check, bool)
+        return JSONResponse({"requests": claimed})
 
     async def record(self, request: Request) -> Response:
         data = await read_json(request)

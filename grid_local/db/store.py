@@ -110,33 +110,29 @@ class FlowStore:
         """One writing statement ending in RETURNING, as its own transaction (one trip to the
         connection's thread). Returns the rows it changed; ``notes`` are published when there are any."""
         async with self._write_lock:
-            delay = 0.001
-            deadline = time.monotonic() + BUSY_SECONDS
-            while True:
-                try:
-                    rows = list(await self.db.execute_fetchall(sql, params))
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.05)
+            rows = await self._while_locked(sql, params)
         if rows:
             for callback in self.on_commit:
                 callback(notes)
         return rows
 
     async def _begin_immediate(self) -> None:
-        """BEGIN IMMEDIATE, retried: SQLite skips the busy handler in some WAL races (SQLITE_BUSY_SNAPSHOT
-        and recovery), so "database is locked" can come back at once even with a busy timeout."""
+        await self._while_locked("BEGIN IMMEDIATE", ())
+
+    async def _while_locked(self, sql: str, params: tuple[Any, ...]) -> list[aiosqlite.Row]:
+        """Run a statement that takes the write lock, retrying while the database is locked.
+
+        SQLite skips the busy handler in some WAL races (SQLITE_BUSY_SNAPSHOT and recovery), so
+        "database is locked" can come back at once even with a busy timeout."""
         delay = 0.001
         deadline = time.monotonic() + BUSY_SECONDS
         while True:
             try:
-                await self.db.execute("BEGIN IMMEDIATE")
-                return
+                return list(await self.db.execute_fetchall(sql, params))
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
                     raise StoreError(f"the Flow DB stayed locked for {BUSY_SECONDS:g} s") from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.05)
