@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 from grid_local.runtime.execution import Limits, Outcome
 from grid_local.runtime.memory import MemoryGrid
 from grid_local.runtime.sources import PROJECT_FILE, DirectorySource
+from tests.helpers import write_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -26,10 +26,7 @@ class FlowProject:
 
     def write(self, path: str, source: str) -> Path:
         """Write a project file; ``source`` is dedented, so scripts can be indented in the test."""
-        full = self.root / path
-        full.parent.mkdir(parents=True, exist_ok=True)
-        full.write_text(textwrap.dedent(source).lstrip("\n"), encoding="utf-8")
-        return full
+        return write_file(self.root, path, source)
 
     def copy_fixture(self, name: str) -> None:
         """Copy ``tests/fixtures/flows/<name>`` (a file or a folder) into the project root."""

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from flowmetal_cli.bundle import build_bundle
 from flowmetal_cli.client import GridClient
 from grid_local.home import GridPaths, pid_alive
 from grid_local.supervisor import start_background, stop_background
+from tests.helpers import write_file
 
 FINISHED = ("completed", "failed", "cancelled")
 
@@ -38,10 +38,7 @@ class Grid:
         return str(self.state["url"])
 
     def write(self, path: str, source: str) -> Path:
-        full = self.project / path
-        full.parent.mkdir(parents=True, exist_ok=True)
-        full.write_text(textwrap.dedent(source).lstrip("\n"), encoding="utf-8")
-        return full
+        return write_file(self.project, path, source)
 
     def start(self, script: Path, args: dict[str, Any] | None = None) -> str:
         built = build_bundle(script)

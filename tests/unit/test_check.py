@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from flowmetal_cli.checker import ERROR, WARNING, check_paths
 from grid_local.errors import ScriptError
+from tests.helpers import write_file
 
-
-def write(root: Path, path: str, text: str) -> Path:
-    full = root / path
-    full.parent.mkdir(parents=True, exist_ok=True)
-    full.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return full
+write = write_file
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,12 @@ from typer.testing import CliRunner
 
 from flowmetal_cli.main import app
 from grid_local.bundle_format import digest_of, read_bundle
+from tests.helpers import write_file
 
 runner = CliRunner()
 
 
-def write(root: Path, path: str, text: str) -> Path:
-    full = root / path
-    full.parent.mkdir(parents=True, exist_ok=True)
-    full.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return full
+write = write_file
 
 
 @pytest.fixture
