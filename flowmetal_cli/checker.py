@@ -9,6 +9,7 @@ so one mistake doesn't hide the others.
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +17,31 @@ from typing import Any
 
 import starlark as sl
 
+from flowmetal_cli import analysis
 from flowmetal_cli.bundle import ENTRY_SUFFIXES, display_path
-from grid_local.errors import LoadError, ScriptError
-from grid_local.runtime import dialect, sources
+from grid_local.errors import LoadError, ScriptError, SourceLocation
+from grid_local.runtime import dialect, habits, sources
 
 ERROR = "error"
 WARNING = "warning"
 # The runtime defines __name__ in every module (it is "__flow__" in the entry script); the type
 # checker does not know it.
-_RUNTIME_NAMES = {"__name__"}
+_RUNTIME_NAMES = analysis.RUNTIME_NAMES
 _NOT_FOUND = re.compile(r"Variable `(?P<name>[^`]+)` not found")
+_UNDEFINED = re.compile(r"undefined name `(?P<name>[^`]+)`")
+# Hints for the linter's findings, by its short name.
+LINT_HINTS = {
+    "unused-load": "remove the name from the load(), or use it",
+    "unused-assign": "remove the assignment, or name the variable with a leading `_`",
+    "unreachable": "remove the code after the return/fail, or move it before",
+}
+# Globals of the dialect offered as "did you mean" suggestions (each is checked to exist).
+_COMMON_GLOBALS = (
+    "abs", "all", "any", "bool", "dict", "dir", "enumerate", "fail", "float", "getattr", "hasattr", "hash",
+    "int", "isinstance", "json", "len", "list", "map", "filter", "max", "min", "print", "range", "repr",
+    "reversed", "sorted", "str", "struct", "record", "enum", "tuple", "type", "zip", "partial", "typing",
+    *dialect.PREDECLARED,
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -35,13 +51,18 @@ class Problem:
     column: int
     severity: str
     message: str
+    hint: str = ""
+    """What to write instead (shown on the next line by `flowmetal check`)."""
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}: {self.severity}: {self.message}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "column": self.column,
-                "severity": self.severity, "message": self.message}
+        found: dict[str, Any] = {"file": self.file, "line": self.line, "column": self.column,
+                                 "severity": self.severity, "message": self.message}
+        if self.hint:
+            found["hint"] = self.hint
+        return found
 
 
 @dataclass
@@ -91,6 +112,41 @@ def _undefined(file: str, source: str, names: list[str], loads: dict[str, sl.Int
     return {m["name"] for e in errors if (m := _NOT_FOUND.search(e.message)) and m["name"] in names}
 
 
+_global_cache: dict[str, bool] = {}
+
+
+def _learn_globals(names: set[str]) -> None:
+    """Record which of ``names`` are globals of the dialect (built-ins and the predeclared prelude)."""
+    unknown = sorted(n for n in names if n not in _global_cache and n.isidentifier() and n != "load")
+    if not unknown:
+        return
+    try:
+        dialect.parse("<globals>", "".join(f"{name}\n" for name in unknown))
+    except ScriptError:  # a keyword among them: probe one by one
+        for name in unknown:
+            try:
+                dialect.parse("<globals>", f"{name}\n")
+            except ScriptError:
+                _global_cache[name] = False
+        unknown = [name for name in unknown if name not in _global_cache]
+    undefined = _undefined("<globals>", "", unknown, {})
+    for name in unknown:
+        _global_cache[name] = name not in undefined
+
+
+def is_dialect_global(name: str) -> bool:
+    if name not in _global_cache:
+        _learn_globals({name})
+    return _global_cache.get(name, False)
+
+
+def _names_in(source: str) -> set[str]:
+    try:
+        return {node.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Name)}
+    except (SyntaxError, ValueError):
+        return set()
+
+
 class _ProjectChecker:
     """Checks the files of one project; each file is checked (and reported) once."""
 
@@ -100,20 +156,23 @@ class _ProjectChecker:
         self.report = report
         self.sources: dict[str, str] = {}
         self.interfaces: dict[str, sl.Interface | None] = {}
+        self.flows: dict[str, dict[str, analysis.FlowSignature]] = {}
+        """The flows each checked module defines, by variable name."""
         self._stack: list[str] = []
 
-    def _add(self, path: str, line: int, column: int, severity: str, message: str) -> None:
+    def _add(self, path: str, line: int, column: int, severity: str, message: str, hint: str = "") -> None:
         file = path if sources.is_builtin(path) else display_path(self.root, path)
-        problem = Problem(file, max(line, 1), max(column, 1), severity, message)
+        problem = Problem(file, max(line, 1), max(column, 1), severity, message, hint)
         if problem not in self.report.problems:
             self.report.problems.append(problem)
 
     def _add_error(self, exc: ScriptError, path: str) -> None:
+        message, hint = habits.split_hint(exc.message)
         location = exc.location
         if location is None:
-            self._add(path, 1, 1, ERROR, exc.message)
+            self._add(path, 1, 1, ERROR, message, hint)
         else:
-            self._add(location.file, location.line, location.column, ERROR, exc.message)
+            self._add(location.file, location.line, location.column, ERROR, message, hint)
 
     def check(self, path: str) -> sl.Interface | None:
         """Check ``path`` and what it loads; its interface, or None when it can't be typed."""
@@ -131,27 +190,43 @@ class _ProjectChecker:
         for lint in dialect.lint(ast):
             location = lint.location
             assert location is not None
-            self._add(location.file, location.line, location.column, WARNING, lint.message)
+            short = lint.message.rsplit("(", 1)[-1].rstrip(")")
+            self._add(location.file, location.line, location.column, WARNING, lint.message, LINT_HINTS.get(short, ""))
         self._stack.append(path)
         try:
-            loads = self._check_loads(path, source, ast)
+            loads, loaded_flows = self._check_loads(path, source, ast)
         finally:
             self._stack.pop()
+        found = self._analyse(path, source, loaded_flows)
         try:
             errors, interface = dialect.typecheck(path, source, loads)
         except ScriptError as exc:
             self._add_error(exc, path)
             return None
         for error in errors:
-            match = _NOT_FOUND.search(error.message)
-            if match and match["name"] in _RUNTIME_NAMES:
-                continue
+            match = _NOT_FOUND.search(error.message) or _UNDEFINED.search(error.message)
+            if match and (match["name"] in _RUNTIME_NAMES or match["name"] in found.undefined):
+                continue  # reported by the analysis, with a hint
             self._add_error(error, path)
         self.interfaces[path] = interface
         return interface
 
-    def _check_loads(self, path: str, source: str, ast: sl.AstModule) -> dict[str, sl.Interface]:
+    def _analyse(self, path: str, source: str, loaded_flows: dict[str, analysis.FlowSignature]) -> analysis.Analysis:
+        _learn_globals(_names_in(source) | set(_COMMON_GLOBALS))
+        suggestions = [name for name in _COMMON_GLOBALS if _global_cache.get(name)]
+        library = bool(self._stack) or path.endswith(".star")
+        found = analysis.analyse(source, is_dialect_global, loaded_flows, suggestions, library=library)
+        self.flows[path] = found.flows
+        for finding in found.findings:
+            self._add(path, finding.line, finding.column, finding.severity, finding.message, finding.hint)
+        return found
+
+    def _check_loads(
+        self, path: str, source: str, ast: sl.AstModule
+    ) -> tuple[dict[str, sl.Interface], dict[str, analysis.FlowSignature]]:
+        """The interfaces of what ``path`` loads, and the flows it loads by local name."""
         loads: dict[str, sl.Interface] = {}
+        loaded_flows: dict[str, analysis.FlowSignature] = {}
         for load in ast.loads():
             target = load.module_id
             line = sources.load_line(source, target)
@@ -176,10 +251,14 @@ class _ProjectChecker:
                     self._add(path, line, column, ERROR, exc.message)
                     continue
                 module_file, module_source = resolved, self.sources[resolved]
+                module_flows = self.flows.get(resolved, {})
+                for local, symbol in load.symbols.items():
+                    if symbol in module_flows:
+                        loaded_flows[local] = module_flows[symbol]
             self._check_symbols(path, line, column, target, list(load.symbols.values()), module_file, module_source)
             if interface is not None:
                 loads[target] = interface
-        return loads
+        return loads, loaded_flows
 
     def _check_symbols(
         self, path: str, line: int, column: int, target: str, names: list[str], module_file: str, module_source: str
@@ -219,3 +298,37 @@ def check_paths(paths: list[Path]) -> CheckReport:
             checker._add(relative, 1, 1, ERROR, exc.message)
     report.problems.sort(key=lambda p: (p.file, p.line, p.column, p.severity, p.message))
     return report
+
+
+class CheckError(ScriptError):
+    """The check errors that keep ``flowmetal run`` from uploading: the first, and the rest as snippet."""
+
+    def __init__(self, report: CheckReport) -> None:
+        errors = report.errors
+        first = errors[0]
+        super().__init__(first.message, SourceLocation(first.file, first.line, first.column))
+        self.report = report
+        lines = [f"    hint: {first.hint}"] if first.hint else []
+        for problem in errors[1:]:
+            lines.append(f"error: {problem.file}:{problem.line}:{problem.column}: {problem.message}")
+            if problem.hint:
+                lines.append(f"    hint: {problem.hint}")
+        count = len(errors)
+        lines.append(f"{count} error{'' if count == 1 else 's'} (see `flowmetal check`): nothing was uploaded")
+        self._snippet = "\n".join(lines)
+
+    @property
+    def snippet(self) -> str:
+        return self._snippet
+
+
+def refuse_check_errors(path: Path) -> None:
+    """Raise CheckError when ``path`` or what it loads has a check error (``run`` does this first).
+
+    A path that is not a script is left to the bundler, which says why in its own words.
+    """
+    if not path.is_file() or path.suffix not in ENTRY_SUFFIXES:
+        return
+    report = check_paths([path])
+    if report.errors:
+        raise CheckError(report)

@@ -27,6 +27,7 @@ import watchfiles
 
 from flowmetal_cli import console
 from flowmetal_cli.bundle import build_bundle, entry_path
+from flowmetal_cli.checker import refuse_check_errors
 from flowmetal_cli.client import ClientError, GridClient
 from flowmetal_cli.commands.run import report_outcome, upload
 from flowmetal_cli.connect import connect
@@ -116,10 +117,13 @@ class Watcher:
         if reason:
             status(f"{reason}{'; ' + cancelled if cancelled else ''}")
         try:
+            refuse_check_errors(self.file)
             built = build_bundle(self.file)
         except FlowmetalError as exc:
             self.broken = True
             console.error(str(exc))
+            if getattr(exc, "snippet", ""):
+                typer.echo(exc.snippet, err=True)  # type: ignore[attr-defined]
             status("the script has errors; waiting for a change (Ctrl-C to stop)")
             self.end_run(console.exit_code_of(exc))
             return

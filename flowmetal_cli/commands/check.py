@@ -22,8 +22,14 @@ def check(
 ) -> None:
     """Parse, lint and type-check scripts and every file they load.
 
-    Every problem is printed as file:line:col: error|warning: message. Exit code 1 when
-    there is an error; lint warnings alone exit 0.
+    Every problem is printed as file:line:col: error|warning: message, followed by a
+    hint line saying what to write instead when there is one. Besides parse, lint and
+    type errors, check reports names defined nowhere, unused loads, calls to a flow with
+    arguments its `args` do not declare (or literal values of the wrong type, or without a
+    required one), `fctx.<field>` on the prelude function instead of a flow context,
+    unknown actions, and actions or flow calls at module top level outside
+    `if __name__ == "__flow__":`. Exit code 1 when there is an error; lint warnings alone
+    exit 0.
 
     Examples:
 
@@ -44,6 +50,8 @@ def check(
             if colour:
                 line = typer.style(line, fg="red" if problem.severity == ERROR else "yellow")
             typer.echo(line)
+            if problem.hint:
+                typer.echo(f"    hint: {problem.hint}")
         console.info(
             f"{_plural(len(report.errors), 'error')}, {_plural(len(report.warnings), 'warning')} "
             f"in {_plural(len(report.files), 'file')}"

@@ -10,6 +10,7 @@ import typer
 
 from flowmetal_cli import console
 from flowmetal_cli.bundle import BuiltBundle, build_bundle
+from flowmetal_cli.checker import refuse_check_errors
 from flowmetal_cli.client import GridClient
 from flowmetal_cli.connect import connect
 from flowmetal_cli.streaming import follow
@@ -59,6 +60,7 @@ def report_outcome(flow: dict[str, Any]) -> int:
 
 
 def run_once(file: Path, context: str | None, args: dict[str, Any], detach: bool) -> int:
+    refuse_check_errors(file)
     built = build_bundle(file)
     client = connect(context, autostart=True)
     upload(client, built)
@@ -82,7 +84,9 @@ def run(
 ) -> None:
     """Bundle FILE, start it on a grid and stream its output.
 
-    Starts the local grid in the background when none is running. Exit code: 0 when the flow
+    FILE is checked first, as `flowmetal check` would: any error (an undefined name, a flow
+    called with undeclared arguments, ...) is printed with its hint and nothing is uploaded
+    (exit code 2). Starts the local grid in the background when none is running. Exit code: 0 when the flow
     completes, 1 when it fails (error and Starlark traceback on stderr), 2 on usage or bundle
     errors, 3 when the grid is unreachable, 4 when refused. With --watch, every change to the
     script or a file it loads cancels the run and starts a new one; Ctrl-C cancels the running

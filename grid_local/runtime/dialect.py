@@ -5,6 +5,7 @@ from __future__ import annotations
 import starlark as sl
 
 from grid_local.errors import ScriptError, SourceLocation, location_from_starlark
+from grid_local.runtime import habits
 
 PRELUDE_MODULE = "pkg.flowmetal.io/prelude/v1"
 PRELUDE_ALIASES = frozenset({PRELUDE_MODULE, "pkg.flowmetal.io/v1/prelude"})
@@ -66,11 +67,22 @@ PREDECLARE_AST = sl.parse("<prelude>", prelude_load_line(), DIALECT)
 
 
 def parse(filename: str, source: str) -> sl.AstModule:
-    """Parse ``source`` in the Flowmetal dialect; raise ScriptError naming file:line:col."""
+    """Parse ``source`` in the Flowmetal dialect; raise ScriptError naming file:line:col.
+
+    When the error stops at a Python construct the dialect lacks, the message says what to write
+    instead (``habits.parse_hint``).
+    """
     try:
         return sl.parse(filename, source, DIALECT)
     except sl.StarlarkError as exc:
-        raise script_error(exc, filename) from None
+        error = script_error(exc, filename)
+        line = error.location.line if error.location is not None and error.location.file == filename else 0
+        hint = habits.parse_hint(error.message, source, line)
+        if hint:
+            # The list of tokens the parser expected says less than the hint: drop it.
+            message = error.message.split(", expected one of", 1)[0]
+            error = ScriptError(habits.with_hint(message, hint), error.location, error.detail)
+        raise error from None
 
 
 def explicit_prelude_loads(ast: sl.AstModule) -> set[str]:

@@ -129,7 +129,9 @@ def test_check_reports_every_problem_with_file_line_col(project: Path) -> None:
         "proj/lib/util.star:2:5: error: Expected type `int` but got `str`",
         "proj/main.flow:1:6: error: '//lib/util.star' does not define 'triple'",
         "proj/main.flow:1:35: warning: Unused `load` of `triple` (unused-load)",
+        "    hint: remove the name from the load(), or use it",
         "proj/main.flow:4:5: warning: Unused assignment of `unused` (unused-assign)",
+        "    hint: remove the assignment, or name the variable with a leading `_`",
         "proj/main.flow:4:24: error: Too many positional arguments",
     ]
     assert result.stderr.strip() == "3 errors, 2 warnings in 2 files"
