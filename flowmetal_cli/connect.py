@@ -8,7 +8,7 @@ from typing import Any
 from flowmetal_cli.client import GridClient, GridUnreachable
 from flowmetal_cli.console import info
 from flowmetal_cli.contexts import Context, resolve_context
-from grid_local.home import GridPaths
+from grid_local.home import GridPaths, lock_holder
 from grid_local.supervisor import running_state, start_background
 
 
@@ -36,7 +36,7 @@ def _wait_for_grid(paths: GridPaths, timeout: float) -> dict[str, Any] | None:
         state = running_state(paths)
         if state is not None:
             return state
-        if not (paths.home / "grid.lock").exists():
+        if lock_holder(paths.lock) is None:
             return None  # nobody is starting one
         time.sleep(0.05)
     return None

@@ -48,6 +48,11 @@ class GridPaths:
     def tokens(self) -> Path:
         return self.home / "tokens.toml"
 
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by the running supervisor for as long as it runs."""
+        return self.home / "grid.lock"
+
     def read_state(self) -> dict[str, Any] | None:
         try:
             return json.loads(self.state.read_text())
@@ -76,6 +81,44 @@ def pid_alive(pid: object) -> bool:
             return stat.read().split(") ", 1)[1][0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def process_identity(pid: int) -> dict[str, Any] | None:
+    """What tells this process apart from any later one given the same pid: its start time (clock
+    ticks since boot) and its command line. None when it is gone or /proc cannot say."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(") ", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            argv = [part.decode(errors="replace") for part in cmdline.read().split(b"\0") if part]
+    except (OSError, IndexError):
+        return None
+    return {"start": int(fields[19]), "cmdline": argv}
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid holding a flock on ``path``, or None (read from /proc/locks: never takes the lock)."""
+    try:
+        inode = path.stat().st_ino
+        with open("/proc/locks") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()  # "1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF"
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(inode):
+            return int(parts[4]) if parts[4].isdigit() else None
+    return None
+
+
+def is_supervisor_of(paths: GridPaths, state: dict[str, Any]) -> bool:
+    """Whether grid.json's pid is still the supervisor that wrote it: alive, the same process (start
+    time and command line, so a recycled pid does not count) and holding this home's lock."""
+    pid = state.get("pid")
+    if not isinstance(pid, int) or not pid_alive(pid):
+        return False
+    identity = process_identity(pid)
+    return identity is not None and identity == state.get("identity") and lock_holder(paths.lock) == pid
 
 
 def die_with_parent() -> None:

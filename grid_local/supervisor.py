@@ -22,10 +22,22 @@ from pathlib import Path
 from typing import IO, Any
 
 from grid_local.api.wire import WireClient, WireError
-from grid_local.home import GridPaths, die_with_parent, pid_alive
+from grid_local.db.startup import prepare_flow_db
+from grid_local.home import GridPaths, die_with_parent, is_supervisor_of, pid_alive, process_identity
 
 RESTART_BACKOFF_MAX = 5.0
 STABLE_AFTER = 10.0
+
+
+def last_line(path: Path, offset: int = 0, marker: str = "") -> str:
+    """The last non-empty line written to a log after ``offset`` (containing ``marker``, when given)."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(offset)
+            lines = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip() and marker in line), "")
 
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
@@ -52,6 +64,7 @@ class Child:
     backoff: float = 0.1
     restart_at: float | None = None
     log: IO[bytes] | None = None
+    log_offset: int = 0
 
     @property
     def ident(self) -> str:
@@ -80,18 +93,31 @@ class Supervisor:
         self.client_url = f"http://{self._client_host}:{self.client_port}"
         self.worker_url = f"http://127.0.0.1:{self.worker_port}"
         self._lock_file: IO[str] | None = None
+        self._identity: dict[str, Any] | None = None
         self.api = WireClient(self.worker_url, timeout=5.0)
 
     def log(self, message: str) -> None:
         print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor: {message}", file=sys.stderr, flush=True)
 
     def acquire_lock(self) -> bool:
+        """Take this home's lock; a grid.json left by a supervisor that died is removed under it."""
         self.paths.home.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.paths.home / "grid.lock", "w")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
+        while True:
+            lock_file = open(self.paths.lock, "w")
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock_file.close()
+                return False
+            try:
+                same = os.fstat(lock_file.fileno()).st_ino == os.stat(self.paths.lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # (not a file a stopping supervisor unlinked after we opened it)
+                break
+            lock_file.close()
+        self._lock_file = lock_file
+        self.paths.state.unlink(missing_ok=True)
         return True
 
     def plan(self) -> None:
@@ -122,6 +148,7 @@ class Supervisor:
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         if child.log is None:
             child.log = open(self.paths.logs / f"{child.name}.log", "ab")
+        child.log_offset = os.fstat(child.log.fileno()).st_size
         env = {**os.environ, **child.env, "PYTHONUNBUFFERED": "1"}
         child.process = subprocess.Popen(
             child.argv, stdout=child.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -134,7 +161,9 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if child.process is not None and child.process.poll() is not None:
-                raise RuntimeError(f"{child.name} exited with {child.process.returncode} while starting")
+                cause = last_line(self.paths.logs / f"{child.name}.log", child.log_offset)
+                raise RuntimeError(f"{child.name} exited with {child.process.returncode} while starting"
+                                   + (f": {cause}" if cause else ""))
             try:
                 if WireClient(url, timeout=1.0).request("GET", "/v1/health")[0] in (200, 401):
                     return
@@ -145,7 +174,8 @@ class Supervisor:
 
     def publish(self, status: str) -> None:
         self.paths.write_state({
-            "status": status, "pid": os.getpid(), "url": self.client_url, "worker_url": self.worker_url,
+            "status": status, "pid": os.getpid(), "identity": self._identity,
+            "url": self.client_url, "worker_url": self.worker_url,
             "db": str(self.paths.db), "home": str(self.paths.home), "auth": bool(self.tokens),
             "processes": [
                 {"role": "supervisor", "name": "supervisor", "pid": os.getpid(), "id": "supervisor",
@@ -156,6 +186,8 @@ class Supervisor:
 
     def start(self, attempts: int = 3) -> None:
         self._started = time.time()
+        self._identity = process_identity(os.getpid())
+        self.prepare_db()
         for attempt in range(1, attempts + 1):
             self.plan()
             apis = self.children[:2]
@@ -186,6 +218,17 @@ class Supervisor:
             self.spawn(child)
         self.publish("ready")
         self.log(f"grid up: client API {self.client_url}, worker API {self.worker_url}, db {self.paths.db}")
+
+    def prepare_db(self) -> None:
+        """Check the Flow DB before any process uses it, and clear what the previous grid left held.
+
+        Nothing of a previous grid instance survives it (its children die with its supervisor), so
+        every flow it leased is runnable again and every request it had in flight is declared
+        interrupted now, instead of after their leases expire."""
+        flows, requests = prepare_flow_db(self.paths.db)
+        if flows or requests:
+            self.log(f"recovered from the previous grid: {flows} flows released, {requests} requests in flight "
+                     "declared interrupted")
 
     def _report_gone(self, children: list[Child]) -> None:
         """Tell the Worker API these incarnations are gone, so their flows and requests move on at once."""
@@ -250,16 +293,33 @@ class Supervisor:
             if child.log:
                 child.log.close()
         self.paths.state.unlink(missing_ok=True)
-        (self.paths.home / "grid.lock").unlink(missing_ok=True)
+        self.paths.lock.unlink(missing_ok=True)
         self.log("grid down")
 
 
 def running_state(paths: GridPaths) -> dict[str, Any] | None:
-    """The published state of the grid running for ``paths``, or None (a stale file is ignored)."""
+    """The published state of the grid running for ``paths``, or None.
+
+    A file is trusted only while its pid is the very supervisor that wrote it (see
+    ``is_supervisor_of``): a stale file whose pid now belongs to another process is ignored."""
     state = paths.read_state()
     if not state or state.get("status") != "ready":
         return None
-    return state if pid_alive(state.get("pid")) else None
+    return state if is_supervisor_of(paths, state) else None
+
+
+def remove_stale_state(paths: GridPaths) -> None:
+    """Remove a grid.json no supervisor stands behind (under the lock, so never a live grid's)."""
+    if not paths.state.exists():
+        return
+    paths.home.mkdir(parents=True, exist_ok=True)
+    with open(paths.lock, "a") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        paths.state.unlink(missing_ok=True)
+        paths.lock.unlink(missing_ok=True)
 
 
 def start_background(
@@ -276,7 +336,9 @@ def start_background(
     if tokens:
         argv += ["--tokens", str(tokens.resolve())]
     paths.logs.mkdir(parents=True, exist_ok=True)
-    with open(paths.logs / "supervisor.log", "ab") as log:
+    log_path = paths.logs / "supervisor.log"
+    with open(log_path, "ab") as log:
+        offset = os.fstat(log.fileno()).st_size
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
     deadline = time.monotonic() + timeout
@@ -286,9 +348,11 @@ def start_background(
             return state
         code = process.poll()
         if code is not None:
-            lines = (paths.logs / "supervisor.log").read_text(errors="replace").strip().splitlines()
-            reason = next((line for line in reversed(lines) if "failed:" in line or "error:" in line), "")
-            raise RuntimeError(f"the grid supervisor exited with {code}: {reason} (logs in {paths.logs})")
+            # The supervisor's one-line reason ("... failed: <cause>" or "error: <cause>"), shown as it is.
+            line = last_line(log_path, offset, "failed: ") or last_line(log_path, offset, "error: ")
+            reason = line.split("failed: ", 1)[-1] if "failed: " in line else line.split("error: ", 1)[-1]
+            raise RuntimeError(f"the grid could not start: {reason or f'its supervisor exited with {code}'} "
+                               f"(logs in {paths.logs})")
         time.sleep(0.05)
     raise RuntimeError(f"the grid did not start within {timeout:g} s (see {paths.logs / 'supervisor.log'})")
 
@@ -297,7 +361,7 @@ def stop_background(paths: GridPaths, timeout: float = 20.0) -> bool:
     """Stop the grid running for ``paths``; returns False when none was running."""
     state = running_state(paths)
     if state is None:
-        paths.state.unlink(missing_ok=True)
+        remove_stale_state(paths)
         return False
     pid = int(state["pid"])
     os.kill(pid, signal.SIGTERM)
@@ -306,8 +370,12 @@ def stop_background(paths: GridPaths, timeout: float = 20.0) -> bool:
         if not pid_alive(pid):
             return True
         time.sleep(0.05)
-    os.killpg(pid, signal.SIGKILL)
-    paths.state.unlink(missing_ok=True)
+    # Its children die with it (PR_SET_PDEATHSIG); a supervisor in a session of its own leads its group.
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    remove_stale_state(paths)
     return True
 
 

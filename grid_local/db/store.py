@@ -665,6 +665,18 @@ class FlowStore:
             await self.record_result(row["flow_id"], row["seq"], jr.err(jr.INTERRUPTED))
         return len(rows)
 
+    async def release_previous_grid(self) -> tuple[int, int]:
+        """A grid is starting, and nothing of the previous one survived it: every flow it leased is
+        runnable again and every request it had in flight is declared interrupted, now rather than
+        when their leases expire. Returns (flows released, requests interrupted)."""
+        flows = 0
+        for row in await self._all("SELECT DISTINCT lease_owner FROM flows WHERE lease_owner IS NOT NULL"):
+            flows += await self.release_worker(row["lease_owner"], "the grid restarted")
+        requests = 0
+        for row in await self._all("SELECT DISTINCT executor FROM journal WHERE executor IS NOT NULL AND result IS NULL"):
+            requests += await self.release_executor(row["executor"])
+        return flows, requests
+
     async def reap(self) -> None:
         """Expire leases: flows of silent workers become runnable, requests of silent connectors fail."""
         now = time.time()

@@ -1,0 +1,49 @@
+"""What a starting grid does to its Flow DB before any process uses it: check it, then clear what
+the previous grid instance left held."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from grid_local.db.store import FlowStore
+from grid_local.errors import StoreError
+
+REMEDY = "move it away to start with an empty Flow DB, or restore a copy"
+
+
+def check_flow_db(path: Path) -> None:
+    """Refuse a Flow DB that is not an SQLite database or is damaged (``PRAGMA quick_check``: every
+    page and record is read, so damage in the middle of the file is found too)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return  # a new grid: the schema is created on open
+    try:
+        with sqlite3.connect(path, timeout=10.0) as db:
+            found = [str(row[0]) for row in db.execute("PRAGMA quick_check(5)")]
+        db.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"the Flow DB {path} is not usable: {exc} ({REMEDY})") from None
+    # One line: quick_check's rows can hold several lines, and a "*** in database main ***" header.
+    problems = [line for text in found for line in text.splitlines() if line and not line.startswith("***")]
+    if problems != ["ok"]:
+        raise StoreError(f"the Flow DB {path} is damaged: {'; '.join(problems)} ({REMEDY})")
+
+
+async def _release_previous_grid(path: Path) -> tuple[int, int]:
+    try:
+        store = await FlowStore.open(path)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"the Flow DB {path} is not usable: {exc} ({REMEDY})") from None
+    try:
+        return await store.release_previous_grid()
+    finally:
+        await store.close()
+
+
+def prepare_flow_db(path: Path) -> tuple[int, int]:
+    """Check the Flow DB, migrate it, and release the previous grid's holdings.
+
+    Returns (flows released, requests declared interrupted)."""
+    check_flow_db(path)
+    return asyncio.run(_release_previous_grid(path))
