@@ -267,6 +267,17 @@ class WorkerApi:
         flow_ids = [str(f) for f in field(data, "flow_ids", list)][:1000]
         return JSONResponse({"finished": await self.db.finished_among(flow_ids)})
 
+    async def log(self, request: Request) -> Response:
+        """A connector streaming a command's output into the flow's log (its _stdout or _stderr inbox)."""
+        data = await read_json(request)
+        flow_id, stream = field(data, "flow_id", str), field(data, "stream", str)
+        if stream not in ("_stdout", "_stderr"):
+            raise BadRequest("stream must be '_stdout' or '_stderr'")
+        lines = [str(line) for line in field(data, "lines", list)][:1000]
+        for line in lines:
+            await self.db.send_message(flow_id, stream, line, "connector:resources")
+        return JSONResponse({"logged": len(lines)})
+
     async def health(self, request: Request) -> Response:
         return JSONResponse({"ok": True, "db": str(self.db_path)})
 
@@ -288,6 +299,7 @@ class WorkerApi:
             Route("/v1/connectors/clock/fire", handle_errors(self.fire), methods=["POST"]),
             Route("/v1/connectors/inbox/deliver", handle_errors(self.deliver), methods=["POST"]),
             Route("/v1/connectors/resources/finished", handle_errors(self.finished), methods=["POST"]),
+            Route("/v1/connectors/log", handle_errors(self.log), methods=["POST"]),
         ]
         return Starlette(routes=routes, lifespan=self.lifespan)
 

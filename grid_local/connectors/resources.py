@@ -1,9 +1,10 @@
-"""The resources connector: opens, serves and closes flow resources (local workspaces).
+"""The resources connector: opens, serves and closes flow resources (workspaces and Docker containers).
 
-A workspace is a folder under ``$FLOWMETAL_HOME/workspaces/<flow>/<name>``. ``open`` and
-``exec`` are journaled actions leased to this process like HTTP requests (interrupted, never
-re-run, if it dies holding one). Closing needs no bookkeeping that a crash could lose: a sweep
-removes the folder of every flow the Flow DB says has ended, so nothing outlives its flow.
+A workspace is a folder under ``$FLOWMETAL_HOME/workspaces/<flow>/<name>``; a container is one
+the Docker Engine runs for the flow (``containers.py``). ``open`` and ``exec`` are journaled
+actions leased to this process like HTTP requests (interrupted, never re-run, if it dies holding
+one). Closing needs no bookkeeping that a crash could lose: a sweep removes the folder and the
+containers of every flow the Flow DB says has ended, so nothing outlives its flow.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from typing import Any
 
 from grid_local.api.wire import WireClient, WireError
 from grid_local.connectors.base import api_client, connector_args, serve_requests
+from grid_local.connectors.containers import Containers, EngineUnavailable
 from grid_local.home import die_with_parent
 from grid_local.runtime import journal as jr
 
 MAX_OUTPUT = 1024 * 1024
 SWEEP_SECONDS = 0.5
+ENGINE_RETRY_SECONDS = 5.0
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-KINDS = ("workspace",)
+KINDS = ("workspace", "docker")
 
 
 class Workspaces:
@@ -33,11 +36,7 @@ class Workspaces:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def open(self, flow_id: str, args: dict[str, Any]) -> dict[str, Any]:
-        name, spec = str(args.get("name", "")), args.get("spec") or {}
-        kind = spec.get("kind") if isinstance(spec, dict) else None
-        if kind not in KINDS:
-            return jr.err(f"resource '{name}': this grid cannot open resources of kind '{kind}' "
-                          f"(it supports: {', '.join(KINDS)})")
+        name = str(args.get("name", ""))
         if not _NAME.match(name) or not _NAME.match(flow_id):
             return jr.err(f"resource '{name}': invalid name")
         path = self.root / flow_id / name
@@ -79,28 +78,63 @@ class Workspaces:
         return list(ended)
 
 
+def resource_kind(args: dict[str, Any], key: str) -> str | None:
+    value = args.get(key)
+    return value.get("kind") if isinstance(value, dict) else None
+
+
 def main(argv: list[str] | None = None) -> None:
     options = connector_args("resources", argv)
     if not options.home:
         raise SystemExit("the resources connector needs --home")
     workspaces = Workspaces(Path(options.home) / "workspaces")
+    containers = Containers(Path(options.home), workspaces.root)
     api = api_client(options.api)
 
+    def log(flow_id: str, stream: str, lines: list[str]) -> None:
+        api.post("/v1/connectors/log", {"flow_id": flow_id, "stream": stream, "lines": lines})
+
     def run(request: dict[str, Any]) -> dict[str, Any]:
+        args = request["args"]
         if request["kind"] == "open":
-            return workspaces.open(request["flow_id"], request["args"])
-        return workspaces.exec(request["args"])
+            kind = resource_kind(args, "spec")
+            if kind == "docker":
+                return containers.open(request["flow_id"], args)
+            if kind == "workspace":
+                return workspaces.open(request["flow_id"], args)
+            return jr.err(f"resource '{args.get('name', '')}': this grid cannot open resources of kind '{kind}' "
+                          f"(it supports: {', '.join(KINDS)})")
+        if resource_kind(args, "resource") == "docker":
+            return containers.exec(request["flow_id"], args, log)
+        return workspaces.exec(args)
+
+    def ended(flow_ids: list[str]) -> list[str]:
+        return list(api.post("/v1/connectors/resources/finished", {"flow_ids": flow_ids})["finished"])
 
     def sweeper() -> None:
+        engine_retry = 0.0
         while True:
             try:
                 workspaces.sweep(api)
             except (WireError, OSError):
                 pass
+            if time.monotonic() >= engine_retry:
+                try:
+                    containers.sweep(ended)
+                except EngineUnavailable:
+                    engine_retry = time.monotonic() + ENGINE_RETRY_SECONDS  # no engine: ask again later
+                except Exception as exc:  # keep sweeping; say why in the connector's log
+                    print(f"resources: container sweep: {exc!r}", flush=True)
             time.sleep(SWEEP_SECONDS)
 
+    try:
+        killed = containers.kill_orphan_execs()  # before serving: their requests were declared interrupted
+        if killed:
+            print(f"resources: killed {killed} exec(s) left running by a previous incarnation", flush=True)
+    except EngineUnavailable:
+        pass
     threading.Thread(target=sweeper, daemon=True, name="sweeper").start()
-    serve_requests(api, ("open", "exec"), options.executor, run, concurrency=8)
+    serve_requests(api, ("open", "exec"), options.executor, run, concurrency=32)
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def err(message: str, traceback: str = "") -> dict[str, Any]:
 
 
 _FRAME = re.compile(r"^\s*\* (?P<file>[^:\n]+):(?P<line>\d+), in (?P<fn>\S+)", re.M)
-RUNTIME_FILES = frozenset({"prelude.star", "http.star", "workspace.star", "<prelude>", "<flow entry>"})
+RUNTIME_FILES = frozenset({"prelude.star", "http.star", "workspace.star", "docker.star", "<prelude>", "<flow entry>"})
 
 
 def user_callsite(call_stack: str) -> str:

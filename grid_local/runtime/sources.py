@@ -20,6 +20,7 @@ BUILTIN_LIBRARIES = {
     "pkg.flowmetal.io/v1/prelude": "prelude.star",
     "pkg.flowmetal.io/http/v1": "http.star",
     "pkg.flowmetal.io/workspace/v1": "workspace.star",
+    "pkg.flowmetal.io/docker/v1": "docker.star",
 }
 PRELUDE_VERSION = "v1"
 

@@ -21,6 +21,7 @@ from flowmetal_cli.client import GridClient
 from grid_local.home import GridPaths, pid_alive
 from grid_local.supervisor import start_background, stop_background
 from tests.helpers import write_file
+from tests.integration.docker_engine import docker_engine  # noqa: F401  (a session fixture)
 
 FINISHED = ("completed", "failed", "cancelled")
 

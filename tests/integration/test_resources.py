@@ -94,16 +94,16 @@ def test_cancel_closes_resources(grid: Grid) -> None:
 
 
 def test_unknown_resource_kind_fails_clearly(grid: Grid) -> None:
-    script = grid.write("docker.flow", """
+    script = grid.write("kube.flow", """
         def _impl(fctx):
             return 1
 
-        boxed = flow(implementation = _impl, resources = {"box": lambda fctx: {"kind": "docker", "image": "x"}})
+        boxed = flow(implementation = _impl, resources = {"box": lambda fctx: {"kind": "kubernetes", "image": "x"}})
 
         if __name__ == "__flow__":
             boxed()
     """)
     done = grid.cli("run", str(script))
     assert done.returncode == 1
-    assert "cannot open resource 'box'" in done.stderr and "kind 'docker'" in done.stderr
+    assert "cannot open resource 'box'" in done.stderr and "kind 'kubernetes'" in done.stderr
     assert "Traceback (most recent call last):\n  File" not in done.stderr

@@ -106,7 +106,7 @@ def test_load_problems_point_at_the_load(project: Path) -> None:
         "main.flow:3:6: error: cannot load '../outside.star': it leaves the project root",
         "main.flow:4:6: error: 'pkg.flowmetal.io/http/v1' does not define 'gett'",
         "main.flow:5:6: error: unknown built-in library 'pkg.flowmetal.io/nope/v1' "
-        "(known: pkg.flowmetal.io/http/v1, pkg.flowmetal.io/prelude/v1, pkg.flowmetal.io/v1/prelude, pkg.flowmetal.io/workspace/v1)",
+        "(known: pkg.flowmetal.io/docker/v1, pkg.flowmetal.io/http/v1, pkg.flowmetal.io/prelude/v1, pkg.flowmetal.io/v1/prelude, pkg.flowmetal.io/workspace/v1)",
     ]
 
 
