@@ -239,3 +239,25 @@ class GridClient:
 
     def start_deployment(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         return self._json("POST", f"/v1/deployments/{name}/start", json={"args": args})
+
+    # -- triggers (webhooks and schedules) ----------------------------------------------------------
+
+    def put_hook(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._json("PUT", f"/v1/hooks/{name}", json=spec)
+
+    def hooks(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/v1/hooks")
+
+    def get_hook(self, name: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/hooks/{name}")
+
+    def delete_hook(self, name: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/v1/hooks/{name}")
+
+    def post_hook(self, name: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """Deliver a webhook as a sender would (no bearer token: the signature authenticates it); the
+        caller reads the status, since 401 here means a bad signature, not a refused token."""
+        try:
+            return self.http.post(f"/hooks/{name}", content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise GridUnreachable(f"cannot reach the grid of context '{self.context}' at {self.url}: {exc}") from None

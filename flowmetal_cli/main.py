@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "bundle",
     "check",
     "push",
+    "hook",
     "flows",
     "grid",
     "context",

@@ -23,6 +23,7 @@ from flowmetal_cli.bundle import ENTRY_SUFFIXES, build_bundle
 from flowmetal_cli.client import GridClient, Progress
 from flowmetal_cli.commands.run import ContextOption, parse_args, report_outcome
 from flowmetal_cli.connect import connect
+from flowmetal_cli.project_triggers import apply_triggers, plan_triggers, project_folder
 from flowmetal_cli.streaming import follow
 from grid_local import bundle_format
 from grid_local.errors import BundleError
@@ -118,6 +119,9 @@ def push(
     the same name points the deployment at the new bundle. Start it with `flowmetal start NAME`.
     Large uploads show progress on a terminal.
 
+    Webhooks and schedules declared in the project's flowmetal.toml ([hooks.NAME],
+    [schedules.NAME]) are added or replaced too (see docs/triggers.md).
+
     Exit code: 2 for bundle errors, 3 when the grid is unreachable, 4 when the token is refused.
 
     Examples:
@@ -131,8 +135,10 @@ def push(
     with console.edge():
         pushable = load_pushable(file)
         chosen = check_deployment_name(name or pushable.default_name)
+        planned = plan_triggers(bundle_format.read_bundle(pushable.data).settings, chosen, project_folder(file))
         with connect(context, autostart=True) as client:
             result = push_file(client, pushable, chosen)
+            result["triggers"] = apply_triggers(client, planned)
     if json_output:
         console.print_json(result)
         return
@@ -142,6 +148,8 @@ def push(
         typer.echo(f"the grid already holds {result['digest']}: upload skipped")
     typer.echo(f"deployed {chosen} -> {result['digest']} (context {result['context']}, "
                f"quota {result['deployment'].get('quota', '?')})")
+    for trigger in result["triggers"]:
+        typer.echo(f"{trigger['kind']} {trigger['name']} -> deployment {trigger['deployment']}")
 
 
 def _age(seconds: float) -> str:

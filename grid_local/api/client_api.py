@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from grid_local.api.hooks import hooks_router
 from grid_local.api.notify import ANY_CHANGE, Notifier, PeerPoke, long_poll, watch_other_writers
 from grid_local.bundle_format import MAX_BUNDLE_BYTES, read_bundle
 from grid_local.db.store import FINISHED, FlowStore
@@ -305,6 +306,7 @@ class ClientApi:
                 raise HTTPException(403, f"deployment {name} is outside your quota node {who.quota}")
             return await start_flow(StartFlow(bundle=deployment["digest"], args=body.args, name=name), who)
 
+        app.include_router(hooks_router(self))
         app.add_middleware(BodyLimit)
         return app
 

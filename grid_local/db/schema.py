@@ -143,4 +143,60 @@ MIGRATIONS: list[str] = [
                             'result', json(NEW.result), 'error', json(NEW.error)), NEW.updated);
     END;
     """,
+    # 4: triggers: webhooks and the deliveries each one answered (exactly once per delivery id), cron
+    # schedules with their durable next fire time and every fire time they handled, and the grid's
+    # clock (real, or virtual: then ``now`` is the only time flows see, and it moves by jumps)
+    """
+    CREATE TABLE hooks (
+        name          TEXT PRIMARY KEY,
+        deployment    TEXT NOT NULL,
+        quota         TEXT NOT NULL,
+        username      TEXT NOT NULL,
+        signature     TEXT NOT NULL CHECK (signature IN ('github', 'hmac-sha256', 'none')),
+        secret        TEXT,
+        secret_source TEXT NOT NULL DEFAULT '',
+        target        TEXT NOT NULL CHECK (target IN ('start', 'inbox')),
+        inbox         TEXT NOT NULL DEFAULT '_stdin',
+        match_arg     TEXT,
+        match_source  TEXT,
+        created       REAL NOT NULL,
+        updated       REAL NOT NULL
+    );
+    CREATE TABLE hook_deliveries (
+        hook        TEXT NOT NULL,
+        delivery    TEXT NOT NULL,
+        flow_ids    TEXT NOT NULL,
+        created     REAL NOT NULL,
+        PRIMARY KEY (hook, delivery)
+    ) WITHOUT ROWID;
+    CREATE TABLE schedules (
+        name        TEXT PRIMARY KEY,
+        deployment  TEXT NOT NULL,
+        quota       TEXT NOT NULL,
+        username    TEXT NOT NULL,
+        cron        TEXT NOT NULL,
+        tz          TEXT NOT NULL DEFAULT 'UTC',
+        args        TEXT NOT NULL DEFAULT '{}',
+        overlap     TEXT NOT NULL CHECK (overlap IN ('skip', 'allow', 'cancel-previous')),
+        catch_up    TEXT NOT NULL CHECK (catch_up IN ('none', 'one', 'all')),
+        paused      INTEGER NOT NULL DEFAULT 0,
+        next_fire   REAL NOT NULL,
+        created     REAL NOT NULL,
+        updated     REAL NOT NULL
+    );
+    CREATE TABLE schedule_fires (
+        schedule    TEXT NOT NULL,
+        fire_time   REAL NOT NULL,
+        outcome     TEXT NOT NULL CHECK (outcome IN ('started', 'skipped', 'missed')),
+        flow_id     TEXT,
+        at          REAL NOT NULL,
+        PRIMARY KEY (schedule, fire_time)
+    ) WITHOUT ROWID;
+    CREATE INDEX schedule_fires_flow ON schedule_fires(flow_id) WHERE flow_id IS NOT NULL;
+    CREATE TABLE grid_clock (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        mode        TEXT NOT NULL CHECK (mode IN ('real', 'virtual')),
+        now         REAL NOT NULL
+    );
+    """,
 ]

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import aiosqlite
 
 from grid_local.db.schema import MIGRATIONS
+from grid_local.db.triggers import TriggerStore
 from grid_local.errors import LeaseLostError, NotFoundError, StoreError
 from grid_local.runtime import journal as jr
 from grid_local.runtime.journal import JournalEntry
@@ -61,6 +62,7 @@ class FlowStore:
         self.on_commit: list[Any] = []  # callables(notes) run after each commit of this process
         self.notes: set[tuple[Any, ...]] = set()  # what the current transaction changed, for notifications
         self._events: list[tuple[Any, ...]] = []  # the current transaction's events, written at commit
+        self.triggers = TriggerStore(self)  # webhooks and schedules (db/triggers.py)
 
     @classmethod
     async def open(cls, path: Path) -> "FlowStore":

@@ -1,0 +1,1 @@
+"""Triggers that start flows without a person: webhook signatures and requests, cron schedules."""
