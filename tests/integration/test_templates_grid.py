@@ -2,12 +2,14 @@
 
 One local grid for the module; templates that call HTTP are pointed (with --arg) at loopback
 servers that count what they receive, and the webhook listener is driven with `flowmetal send`.
+The ci template runs its jobs in containers on a real Docker Engine (skipped, saying why, without one).
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ import pytest
 from grid_local.home import GridPaths
 from grid_local.supervisor import start_background
 from tests.integration.conftest import CountingServer, Grid, LoopbackServer, QuietJsonHandler, grid_env, stop_grid
+from tests.integration.docker_engine import Engine
 
 TEMPLATES = ["hello", "ci", "webhook", "rest", "batch"]
 
@@ -103,23 +106,49 @@ def test_hello(grid: Grid) -> None:
     assert done.stdout == f"Hello from Flowmetal, {getpass.getuser()}!\n"
 
 
-def test_ci_green_posts_its_status(grid: Grid, http_server: CountingServer) -> None:
+def commit_all(folder: Path, message: str) -> None:
+    """Make ``folder`` a git repository (once) and commit everything in it."""
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(folder), "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", *args],
+                       check=True, capture_output=True)
+    if not (folder / ".git").exists():
+        git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-q", "-m", message)
+
+
+def test_ci_runs_each_job_in_its_own_container(grid: Grid, http_server: CountingServer, docker_engine: Engine) -> None:
     entry = scaffold(grid, "ci")
-    done = run(grid, entry, "--arg", "repo=acme/web", "--arg", f"status_url={http_server.url}/status")
+    commit_all(entry.parent, "first")
+    done = run(grid, entry, "--arg", f"repo={entry.parent}", "--arg", f"image={docker_engine.image}",
+               "--arg", f"status_url={http_server.url}/status")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[-1] == "pipeline passed"
-    assert any(line.startswith("checkout | checkout acme/web@main -> ") for line in lines)
-    for suite, tests in (("integration", 2), ("lint", 2), ("unit", 3)):
-        assert f"  PASS {suite} ({tests} tests)" in lines
+    assert any(line.startswith(f"pipeline | checkout {entry.parent}@HEAD -> ") for line in lines)
+    for job in ("build", "lint", "unit"):
+        assert f"  PASS {job}" in lines
+    # Each job's output was streamed to the log under its name.
+    assert "unit | PASS tests/test_layout.sh" in lines and "lint | lint: 2 files clean" in lines
+    assert any(line.startswith("build | ") and line.endswith("/tmp/dist/project.tar.gz") for line in lines)
     assert http_server.count("/status") == 1
+    deadline = time.monotonic() + 20
+    while docker_engine.containers_of(grid.paths.home) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not docker_engine.containers_of(grid.paths.home), "a job's container outlived the pipeline"
 
 
-def test_ci_red_exits_one(grid: Grid) -> None:
-    done = run(grid, scaffold(grid, "ci", "red-ci"), "--arg", "fail=unit.test_parse", "--arg", "suites=unit,lint")
+def test_ci_red_exits_one(grid: Grid, docker_engine: Engine) -> None:
+    entry = scaffold(grid, "ci", "red-ci")
+    (entry.parent / "lib" / "extra.star").write_text("X = 1  \n")  # trailing whitespace: lint fails
+    commit_all(entry.parent, "a lint error")
+    done = run(grid, entry, "--arg", f"repo={entry.parent}", "--arg", f"image={docker_engine.image}",
+               "--arg", "jobs=unit,lint")
     assert done.returncode == 1
-    assert "  FAIL unit: " in done.stdout and "  PASS lint (2 tests)" in done.stdout
-    assert "pipeline failed: unit" in done.stderr
+    assert "  FAIL lint: exit code 1" in done.stdout and "  PASS unit" in done.stdout
+    assert "lint | ./lib/extra.star:1:X = 1  " in done.stdout
+    assert "build" not in done.stdout
+    assert "pipeline failed: lint" in done.stderr
 
 
 def test_rest_copies_records_with_retries(grid: Grid, rest_apis: RestApis) -> None:

@@ -115,28 +115,32 @@ def test_hello_runs(tmp_path: Path) -> None:
     assert outputs(grid) == ["Hello from Flowmetal, tester!"]
 
 
-def test_ci_runs_green_and_red(tmp_path: Path) -> None:
+def test_ci_reports_a_result_per_job(tmp_path: Path) -> None:
+    """The pipeline's report and job choice (its containers run in tests/integration/test_templates_grid.py)."""
     files, _ = generated("ci", tmp_path)
-    grid, outcome = run(files)
-    assert outcome == Completed(None)
-    text = "\n".join(outputs(grid))
-    assert "pipeline passed" in text
-    for suite in ("unit", "integration", "lint"):
-        assert f"PASS {suite}" in text
-    names = sorted(grid.names.values())
-    assert names.count("test") == 3 and "checkout" in names and "build" in names and "pipeline" in names
+    files["report.flow"] = """
+load("//lib/pipeline.star", "chosen_jobs", "report")
 
-    statuses: list[dict[str, Any]] = []
-
-    def http(request: dict[str, Any]) -> dict[str, Any]:
-        statuses.append(request)
-        return journal.ok({"status": 201, "headers": {}, "body": "", "json": None})
-
-    grid, outcome = run(files, {"fail": "unit.test_parse", "status_url": "http://127.0.0.1:9/status"}, http=http)
-    assert isinstance(outcome, Failed) and "pipeline failed: unit" in outcome.message
-    failed_line = next(line for line in "\n".join(outputs(grid)).splitlines() if "FAIL" in line)
-    assert failed_line.startswith("  FAIL unit: ") and failed_line.endswith("unit failed: test_parse")
-    assert [s["json"]["state"] for s in statuses] == ["failure"]
+if __name__ == "__flow__":
+    checkout = {"repo": "/src/app", "ref": "", "revision": "0123456789abcdef"}
+    r = report(checkout, [("lint", Ok({"exit_code": 1})), ("unit", Ok({"exit_code": 0})),
+                          ("build", Err("docker.exec: sh timed out after 5 s"))])
+    print(r["text"])
+    print(json.encode({"status": r["status"], "failed": r["failed"], "jobs": r["jobs"]}))
+    print(json.encode(chosen_jobs("all")), json.encode(chosen_jobs("unit, lint")))
+    chosen_jobs("deploy")
+"""
+    grid = MemoryGrid(MappingSource(files))
+    flow_id, outcome = grid.run({"module": "report.flow", "function": None})
+    text, summary, chosen = grid.output(flow_id)
+    assert text.splitlines() == ["/src/app @ HEAD (0123456789ab)", "  FAIL lint: exit code 1", "  PASS unit",
+                                 "  FAIL build: docker.exec: sh timed out after 5 s"]
+    assert json.loads(summary) == {"status": "failure", "failed": ["build", "lint"], "jobs": {
+        "lint": {"ok": False, "error": "exit code 1", "exit_code": 1},
+        "unit": {"ok": True, "error": None, "exit_code": 0},
+        "build": {"ok": False, "error": "docker.exec: sh timed out after 5 s", "exit_code": None}}}
+    assert chosen == '["build","lint","unit"] ["unit","lint"]'
+    assert isinstance(outcome, Failed) and "unknown job 'deploy' (known: build, lint, unit)" in outcome.message
 
 
 @dataclass
