@@ -214,6 +214,34 @@ def test_cancel_mid_exec_removes_the_container(docker_grid: Grid, docker_engine:
     no_containers_left(docker_engine, grid)
 
 
+RUNAWAY = """
+load("pkg.flowmetal.io/docker/v1", "docker")
+
+def _job_impl(fctx):
+    docker.exec(fctx.resources.box, ["true"])
+    total = 0
+    for i in range(1000000000):  # never reaches another action: the evaluation budget stops it
+        total += i
+    return total
+
+job = flow(implementation = _job_impl, resources = {"box": lambda fctx: docker.container(image = fctx.args.image)})
+
+if __name__ == "__flow__":
+    job(image = fctx().args.image)
+"""
+
+
+def test_a_flow_stopped_by_its_limits_loses_its_container(docker_grid: Grid, docker_engine: Engine) -> None:
+    grid = docker_grid
+    grid.write("flowmetal.toml", '[project]\nname = "it"\n\n[limits]\neval_budget = 0.5\n')
+    root = grid.start(grid.write("runaway.flow", RUNAWAY), {"image": docker_engine.image})
+    child = child_of(grid, root)
+    wait_for_entry(grid, child["id"], lambda e: e["kind"] == "exec" and e["result"], "the exec")
+    flow = grid.wait(child["id"])
+    assert flow["status"] == "failed" and "evaluation budget exceeded" in flow["error"]["message"]
+    no_containers_left(docker_engine, grid)
+
+
 DURABLE = """
 load("pkg.flowmetal.io/docker/v1", "docker")
 
@@ -297,3 +325,20 @@ def test_engine_unreachable_fails_the_flow_with_one_line(grid_factory: Any) -> N
         refusing.close()
         (folder / "docker.sock").unlink(missing_ok=True)
         folder.rmdir()
+
+
+def test_the_seed_gha_workflow_runs_on_the_local_grid(docker_grid: Grid, docker_engine: Engine) -> None:
+    example = Path(__file__).resolve().parents[1] / "fixtures" / "flows" / "seed" / "gha_workflow.flow"
+    done = docker_grid.cli("run", "--arg", f"image={docker_engine.image}", "--arg", "ref=v1.2.3", str(example))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:4] == ["job | build / compile: version=1.2.3", "job | build / compile: app",
+                         "job | build / compile: config", "PASS build"]
+    # test (a matrix of two) and lint need only build: they ran together, after it, before release.
+    middle = lines[4:10]
+    assert sorted(middle) == ["PASS lint", "PASS test (shard=1)", "PASS test (shard=2)",
+                              "job | lint / lint: no lint errors",
+                              "job | test (shard=1) / run tests: shard 1 of 2 passed (CI=true)",
+                              "job | test (shard=2) / run tests: shard 2 of 2 passed (CI=true)"]
+    assert lines[10:] == ["job | release / tag: tagged v1.2.3", "PASS release", "workflow ci: 4 jobs passed"]
+    no_containers_left(docker_engine, docker_grid)
