@@ -1,0 +1,187 @@
+"""The Flow DB engine on SQLite: one connection, transactions, busy retries, migrations, commit notes.
+
+The queries (``bundles``, ``flows``, ``journal``, ``leases``) reach the database only through this
+class, so that they never see a driver's cursor: ``execute`` answers the number of rows changed and
+ids come back through ``RETURNING``.
+
+Every write is one ``BEGIN IMMEDIATE`` transaction (or one self-committing statement) behind this
+process's write lock: one writer connection per process, WAL, a busy timeout for the other
+processes (CONTRIBUTING.md, invariant 8). What a transaction changed is collected as *notes*
+(topics such as ``("runnable",)`` or ``("result", flow_id, seq)``) and handed to the ``on_commit``
+callbacks once it committed; events the triggers do not write are buffered and written in one
+statement at commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from grid_local.db.schema import MIGRATIONS
+from grid_local.errors import NotFoundError, StoreError
+
+BUSY_SECONDS = 30.0
+
+Note = tuple[Any, ...]
+Row = aiosqlite.Row
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class SqliteEngine:
+    """One process's connection to the Flow DB file."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+        self._write_lock = asyncio.Lock()
+        self.on_commit: list[Callable[[set[Note]], None]] = []  # run after each commit of this process
+        self.notes: set[Note] = set()  # what the current transaction changed, for notifications
+        self._events: list[tuple[Any, ...]] = []  # the current transaction's events, written at commit
+
+    @classmethod
+    async def open(cls, path: Path) -> "SqliteEngine":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(str(path), isolation_level=None)
+        db.row_factory = aiosqlite.Row
+        for pragma in ("busy_timeout=10000", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+            await db.execute(f"PRAGMA {pragma}")
+        engine = cls(db, path)
+        await engine._migrate()
+        return engine
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def _migrate(self) -> None:
+        async with self.transaction():
+            version = (await self.the("PRAGMA user_version"))[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in _statements(script):
+                    await self.db.execute(statement)
+                await self.db.execute(f"PRAGMA user_version = {number}")
+
+    # -- writing --------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """One write transaction; its notes reach ``on_commit`` after it committed."""
+        async with self._write_lock:
+            await self._while_locked("BEGIN IMMEDIATE", ())
+            try:
+                yield
+                if self._events:
+                    await self.db.executemany(
+                        "INSERT INTO events (flow_id, root, kind, data, at) VALUES (?, ?, ?, ?, ?)", self._events
+                    )
+            except BaseException:
+                self._events = []
+                await self.db.execute("ROLLBACK")
+                self.notes = set()
+                raise
+            finally:
+                self._events = []
+            await self.db.execute("COMMIT")
+            notes, self.notes = self.notes, set()
+        self._published(notes)
+
+    async def write_statement(self, sql: str, params: tuple[Any, ...], notes: set[Note]) -> list[Row]:
+        """One writing statement ending in RETURNING, as its own transaction (one trip to the
+        connection's thread). Returns the rows it changed; ``notes`` are published when there are any."""
+        async with self._write_lock:
+            rows = await self._while_locked(sql, params)
+        if rows:
+            self._published(notes)
+        return rows
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        """A write inside ``transaction()``; returns the number of rows it changed."""
+        cursor = await self.db.execute(sql, params)
+        return cursor.rowcount
+
+    def note(self, *topic: Any) -> None:
+        """Say what the current transaction changed (published to ``on_commit`` at commit)."""
+        self.notes.add(topic)
+
+    def event(self, flow_id: str, root: str, kind: str, data: dict[str, Any]) -> None:
+        """Record an event of the current transaction (written in one statement at commit)."""
+        self._events.append((flow_id, root, kind, dumps(data), time.time()))
+
+    def _published(self, notes: set[Note]) -> None:
+        for callback in self.on_commit:
+            callback(notes)
+
+    async def _while_locked(self, sql: str, params: tuple[Any, ...]) -> list[Row]:
+        """Run a statement that takes the write lock, retrying while the database is locked.
+
+        SQLite skips the busy handler in some WAL races (SQLITE_BUSY_SNAPSHOT and recovery), so
+        "database is locked" can come back at once even with a busy timeout."""
+        delay = 0.001
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                return list(await self.db.execute_fetchall(sql, params))
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreError(f"the Flow DB stayed locked for {BUSY_SECONDS:g} s") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    # Statements always run to completion and close: an open one would pin a stale read snapshot,
+    # and a later BEGIN IMMEDIATE on this connection would fail with "database is locked" at once.
+    async def one(self, sql: str, *params: Any) -> Row | None:
+        rows = await self.all(sql, *params)
+        return rows[0] if rows else None
+
+    async def the(self, sql: str, *params: Any) -> Row:
+        """The one row a query must find (inside a transaction that already established it exists)."""
+        row = await self.one(sql, *params)
+        if row is None:
+            raise NotFoundError(f"no row for {sql} {params}")
+        return row
+
+    async def all(self, sql: str, *params: Any) -> list[Row]:
+        # One trip to the connection's thread (execute, fetch and close together): in a VM each
+        # cross-thread hand-off costs far more than the query itself.
+        return list(await self.db.execute_fetchall(sql, params))
+
+    async def one_committed(self, sql: str, *params: Any) -> Row | None:
+        """A read whose answer leaves the process, taken under the write lock: this connection is
+        shared, and what another coroutine wrote but did not commit yet must never be seen."""
+        async with self._write_lock:
+            return await self.one(sql, *params)
+
+    async def data_version(self) -> int:
+        """A counter that moves when another connection commits (what the notification watcher polls)."""
+        return (await self.the("PRAGMA data_version"))[0]
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (triggers hold semicolons of their own)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        raise StoreError(f"incomplete statement in migration: {buffer.strip()[:80]}")
+    return statements

@@ -1,0 +1,149 @@
+"""Journal entries: conditional appends, the answers given in the append's transaction, timers.
+
+An append is conditional on the writer's lease at its epoch and on the entry being exactly the next
+sequence number (invariant 2). ``run`` and ``send`` are answered in the same transaction
+(invariant 4), as are a ``wait`` whose children all ended and a ``receive`` with a message waiting.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NamedTuple
+
+from grid_local.db.engine import SqliteEngine, dumps, loads
+from grid_local.db.flows import Flows
+from grid_local.db.inboxes import Inboxes
+from grid_local.db.leases import check_held
+from grid_local.db.results import record_once
+from grid_local.db.rows import journal_entry
+from grid_local.errors import LeaseLostError, NotFoundError
+from grid_local.runtime import journal as jr
+from grid_local.runtime.journal import JournalEntry
+
+
+class Appended(NamedTuple):
+    result: dict[str, Any] | None
+    """The entry's result when it was answered in the append's transaction."""
+    delay: float
+    """Seconds a 'delay' failure injection holds the answer back."""
+
+
+class Entries:
+    def __init__(self, engine: SqliteEngine, flows: Flows, inboxes: Inboxes) -> None:
+        self.engine = engine
+        self.flows = flows
+        self.inboxes = inboxes
+
+    async def get_journal(self, flow_id: str) -> list[JournalEntry]:
+        rows = await self.engine.all("SELECT * FROM journal WHERE flow_id = ? ORDER BY seq", flow_id)
+        return [journal_entry(r) for r in rows]
+
+    async def append(self, flow_id: str, worker: str, epoch: int, entry: JournalEntry) -> Appended:
+        """Commit a request (and its result when it has one), with any result answered in the same transaction."""
+        now = time.time()
+        if entry.result is not None:
+            # Fast path for actions answered by the worker (now, random, uuid, print): one conditional
+            # INSERT, its own transaction, checks the lease, the sequence number and that no failure
+            # injection is pending; the journal triggers write its events in the same statement.
+            inserted = await self.engine.write_statement(
+                "INSERT INTO journal (flow_id, seq, kind, args, hash, callsite, result, requested_at, "
+                "answered_at, worker) SELECT f.id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM flows f WHERE f.id = ? "
+                "AND f.lease_owner = ? AND f.lease_epoch = ? AND f.status != 'cancelled' "
+                "AND COALESCE((SELECT MAX(seq) FROM journal WHERE flow_id = f.id), 0) + 1 = ? "
+                "AND NOT EXISTS (SELECT 1 FROM injections WHERE flow_id = f.id AND used_seq IS NULL) RETURNING seq",
+                (entry.seq, entry.kind, dumps(entry.args), entry.hash, entry.callsite, dumps(entry.result),
+                 entry.requested_at or now, now, worker, flow_id, worker, epoch, entry.seq),
+                notes={("result", flow_id, entry.seq)},
+            )
+            if inserted:
+                return Appended(entry.result, 0.0)
+            # Otherwise the full path below says why it is refused, or applies the injection.
+        async with self.engine.transaction():
+            # One statement for the lease, the expected sequence number and a pending failure injection.
+            flow = check_held(await self.engine.one(
+                "SELECT f.*, (SELECT MAX(seq) FROM journal WHERE flow_id = f.id) AS last_seq, "
+                "i.id AS injection_id, i.action AS injection, i.seconds AS injection_seconds "
+                "FROM flows f LEFT JOIN injections i ON i.id = (SELECT id FROM injections "
+                "WHERE flow_id = f.id AND used_seq IS NULL ORDER BY id LIMIT 1) WHERE f.id = ?",
+                flow_id,
+            ), flow_id, worker, epoch)
+            expected = (flow["last_seq"] or 0) + 1
+            if entry.seq != expected:
+                raise LeaseLostError(f"journal of {flow_id} is at {expected - 1}; refusing entry {entry.seq}")
+            result = entry.result
+            deadline = None
+            delay = 0.0
+            if flow["injection_id"] is not None and entry.kind != "print":
+                await self.engine.execute("UPDATE injections SET used_seq = ? WHERE id = ?", entry.seq, flow["injection_id"])
+                if flow["injection"] == "delay":
+                    delay = float(flow["injection_seconds"])
+                else:
+                    result = jr.err(f"injected failure (flowmetal failure injection on {entry.kind})")
+            if result is None and entry.kind == "sleep":
+                deadline = now + max(float(entry.args.get("seconds") or 0), 0.0)
+            elif result is None and entry.kind in ("receive", "wait") and entry.args.get("timeout") is not None:
+                deadline = now + max(float(entry.args["timeout"]), 0.0)
+            await self.engine.execute(
+                "INSERT INTO journal (flow_id, seq, kind, args, hash, callsite, result, requested_at, answered_at, "
+                "worker, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                flow_id, entry.seq, entry.kind, dumps(entry.args), entry.hash, entry.callsite,
+                None if result is None else dumps(result), entry.requested_at or now,
+                None if result is None else now, worker, deadline,
+            )
+            if result is not None:
+                self.engine.note("result", flow_id, entry.seq)
+                return Appended(result, delay)
+            if entry.kind == "run":
+                result = await self.flows.start_child(flow, entry.args)
+            elif entry.kind == "send":
+                result = await self.inboxes.send_from_flow(flow, entry.args)
+            elif entry.kind == "wait":
+                result = await self.flows.wait_result(entry.args, timed_out=False)
+            elif entry.kind == "receive":
+                result = await self.inboxes.receive_result(flow_id, entry.seq, entry.args["inbox"])
+            elif entry.kind == "sleep" and deadline is not None and deadline <= now:
+                result = jr.ok(None)
+            if result is not None:
+                await record_once(self.engine, flow_id, entry.seq, result)
+            elif entry.kind in jr.CONNECTOR_KINDS:
+                self.engine.note("requests", entry.kind)
+            if deadline is not None and result is None:
+                self.engine.note("deadlines")
+            return Appended(result, delay)
+
+    async def result_of(self, flow_id: str, seq: int) -> tuple[dict[str, Any] | None, str]:
+        """An entry's result (or None) and the flow's status, as committed (invariant 8)."""
+        row = await self.engine.one_committed(
+            "SELECT j.result, f.status FROM journal j JOIN flows f ON f.id = j.flow_id "
+            "WHERE j.flow_id = ? AND j.seq = ?",
+            flow_id, seq,
+        )
+        if row is None:
+            raise NotFoundError(f"no journal entry {flow_id}/{seq}")
+        return loads(row["result"]), row["status"]
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    async def open_deadlines(self) -> list[dict[str, Any]]:
+        rows = await self.engine.all(
+            "SELECT flow_id, seq, kind, deadline FROM journal WHERE result IS NULL AND deadline IS NOT NULL "
+            "ORDER BY deadline"
+        )
+        return [dict(r) for r in rows]
+
+    async def fire_deadline(self, flow_id: str, seq: int) -> bool:
+        """A timer reached its deadline: a sleep ends, a receive or wait times out."""
+        async with self.engine.transaction():
+            row = await self.engine.one("SELECT * FROM journal WHERE flow_id = ? AND seq = ?", flow_id, seq)
+            if row is None or row["result"] is not None or row["deadline"] is None:
+                return False
+            if row["deadline"] > time.time() + 0.001:
+                return False
+            args = loads(row["args"])
+            if row["kind"] == "sleep":
+                result: dict[str, Any] | None = jr.ok(None)
+            elif row["kind"] == "wait":
+                result = await self.flows.wait_result(args, timed_out=True)
+            else:
+                result = jr.err(f"timeout: no message on inbox {args.get('inbox', '_stdin')} within {args.get('timeout')} s")
+            return await record_once(self.engine, flow_id, seq, result or jr.err("timeout"))

@@ -1,0 +1,22 @@
+"""The event log: what ``logs``, ``run`` and the TUI follow, read in id order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grid_local.db.engine import SqliteEngine
+from grid_local.db.rows import event_json
+
+
+class Events:
+    def __init__(self, engine: SqliteEngine) -> None:
+        self.engine = engine
+
+    async def events_after(self, after: int, root: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        if root:
+            rows = await self.engine.all(
+                "SELECT * FROM events WHERE root = ? AND id > ? ORDER BY id LIMIT ?", root, after, limit
+            )
+        else:
+            rows = await self.engine.all("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", after, limit)
+        return [event_json(r) for r in rows]

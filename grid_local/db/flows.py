@@ -1,0 +1,192 @@
+"""Flows: starting (root and child), reading, listing, ending, cancelling, and the outcome of children.
+
+A flow's end answers a parent's open ``wait`` on it in the same transaction; the ``flow_created``
+and ``flow_finished`` triggers write the events (``db/schema.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from grid_local.db.engine import Row, SqliteEngine, dumps, loads
+from grid_local.db.leases import check_held
+from grid_local.db.results import record_once
+from grid_local.db.rows import flow_json, new_id, under
+from grid_local.errors import NotFoundError
+from grid_local.runtime import journal as jr
+
+
+class Flows:
+    def __init__(self, engine: SqliteEngine) -> None:
+        self.engine = engine
+
+    async def start_flow(self, bundle: str, args: dict[str, Any], quota: str, username: str,
+                         name: str | None = None) -> dict[str, Any]:
+        """Start a root flow at the bundle's entry script: one INSERT, which also proves the bundle exists
+        (and whose trigger records the event)."""
+        flow_id = new_id()
+        now = time.time()
+        rows = await self.engine.write_statement(
+            "INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, "
+            "created, updated, runnable) SELECT ?, NULL, ?, COALESCE(?, b.entry), b.digest, "
+            "json_object('module', b.entry, 'function', NULL), ?, ?, ?, 'pending', ?, ?, 1 "
+            "FROM bundles b WHERE b.digest = ? RETURNING *",
+            (flow_id, flow_id, name, dumps(args), quota, username, now, now, bundle),
+            notes={("runnable",)},
+        )
+        if not rows:
+            raise NotFoundError(f"no bundle {bundle}")
+        return flow_json(rows[0])
+
+    async def start_child(self, parent: Row, args: dict[str, Any]) -> dict[str, Any]:
+        """Answer a ``run`` request: the child starts in the parent's bundle, quota and user."""
+        spec = args["flow"]
+        child_id = new_id()
+        now = time.time()
+        entry = {"module": spec["module"], "function": spec["function"], "resources": args.get("resources") or {}}
+        await self.engine.execute(
+            "INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, created, "
+            "updated, runnable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 1)",
+            child_id, parent["id"], parent["root"], spec["name"], parent["bundle"], dumps(entry),
+            dumps(args.get("args") or {}), parent["quota"], parent["username"], now, now,
+        )
+        self.engine.note("runnable")
+        return jr.ok({"flow_id": child_id, "flow": spec["name"]})
+
+    async def get_flow(self, flow_id: str) -> dict[str, Any]:
+        row = await self.engine.one("SELECT * FROM flows WHERE id = ?", flow_id)
+        if row is None:
+            raise NotFoundError(f"no flow {flow_id}")
+        return flow_json(row)
+
+    async def list_flows(
+        self, status: str | None = None, root: str | None = None, quota: str = "/", limit: int = 500,
+        roots_only: bool = False,
+    ) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM flows WHERE 1 = 1"
+        params: list[Any] = []
+        if status:
+            sql += " AND status = ?"
+            params.append(status)
+        if root:
+            sql += " AND root = ?"
+            params.append(root)
+        if roots_only:
+            sql += " AND parent IS NULL"
+        sql += " ORDER BY created DESC LIMIT ?"
+        params.append(limit)
+        rows = await self.engine.all(sql, *params)
+        return [flow_json(r) for r in rows if under(r["quota"], quota)]
+
+    async def finished_among(self, flow_ids: list[str]) -> list[str]:
+        """Which of these flows have ended (their resources can be closed)."""
+        if not flow_ids:
+            return []
+        marks = ",".join("?" * len(flow_ids))
+        rows = await self.engine.all(
+            f"SELECT id FROM flows WHERE id IN ({marks}) AND status IN ('completed', 'failed', 'cancelled')",
+            *flow_ids,
+        )
+        known = {r["id"] for r in await self.engine.all(f"SELECT id FROM flows WHERE id IN ({marks})", *flow_ids)}
+        # A flow the Flow DB never heard of (a database wiped under the workspaces) has ended too.
+        return sorted({r["id"] for r in rows} | (set(flow_ids) - known))
+
+    async def add_injection(self, flow_id: str, action: str, seconds: float = 0.0) -> None:
+        """Arm a failure injection: the flow's next request fails, or its answer is delayed."""
+        async with self.engine.transaction():
+            if await self.engine.one("SELECT 1 FROM flows WHERE id = ?", flow_id) is None:
+                raise NotFoundError(f"no flow {flow_id}")
+            await self.engine.execute(
+                "INSERT INTO injections (flow_id, action, seconds, created) VALUES (?, ?, ?, ?)",
+                flow_id, action, seconds, time.time(),
+            )
+
+    # -- ending ---------------------------------------------------------------------------------
+
+    async def finish(self, flow_id: str, worker: str, epoch: int, status: str, result: Any = None,
+                     error: dict[str, Any] | None = None) -> None:
+        """The lease holder ends its flow."""
+        now = time.time()
+        # A root flow held by this worker ends in one statement; children (a parent may wait on them)
+        # and refusals (to say why) take the full path.
+        ended = await self.engine.write_statement(
+            "UPDATE flows SET status = ?, result = ?, error = ?, finished = ?, updated = ?, lease_owner = NULL, "
+            "lease_expires = NULL, runnable = 0 WHERE id = ? AND parent IS NULL AND lease_owner = ? "
+            "AND lease_epoch = ? AND status NOT IN ('completed', 'failed', 'cancelled') RETURNING id",
+            (status, dumps(result), None if error is None else dumps(error), now, now, flow_id, worker, epoch),
+            notes={("finished", flow_id)},
+        )
+        if ended:
+            return
+        async with self.engine.transaction():
+            flow = check_held(await self.engine.one("SELECT * FROM flows WHERE id = ?", flow_id), flow_id, worker, epoch)
+            await self.end(flow, status, result, error)
+
+    async def cancel_flow(self, flow_id: str, reason: str = "cancelled") -> list[str]:
+        """Cancel a flow and its unfinished descendants; returns the ids cancelled."""
+        async with self.engine.transaction():
+            if await self.engine.one("SELECT 1 FROM flows WHERE id = ?", flow_id) is None:
+                raise NotFoundError(f"no flow {flow_id}")
+            rows = await self.engine.all(
+                "WITH RECURSIVE tree(id) AS (SELECT ? UNION ALL SELECT f.id FROM flows f JOIN tree ON f.parent = tree.id) "
+                "SELECT flows.* FROM flows JOIN tree USING (id) WHERE flows.status NOT IN ('completed', 'failed', 'cancelled')",
+                flow_id,
+            )
+            for row in rows:
+                await self.end(row, "cancelled", error={"message": reason, "traceback": ""})
+            return [row["id"] for row in rows]
+
+    async def end(self, flow: Row, status: str, result: Any = None, error: dict[str, Any] | None = None) -> None:
+        """End a flow (``flow`` is its row as read in this transaction) and answer a parent waiting on it."""
+        now = time.time()
+        flow_id = flow["id"]
+        await self.engine.execute(
+            "UPDATE flows SET status = ?, result = ?, error = ?, finished = ?, updated = ?, lease_owner = NULL, "
+            "lease_expires = NULL, runnable = 0 WHERE id = ?",
+            status, dumps(result), None if error is None else dumps(error), now, now, flow_id,
+        )
+        self.engine.note("finished", flow_id)  # (the flow_finished trigger records the event)
+        if flow["parent"] is None:
+            return
+        for row in await self.engine.all(
+            "SELECT seq, args FROM journal WHERE flow_id = ? AND kind = 'wait' AND result IS NULL", flow["parent"]
+        ):
+            args = loads(row["args"])
+            if any(isinstance(t, dict) and t.get("flow_id") == flow_id for t in args.get("tasks") or []):
+                resolved = await self.wait_result(args, timed_out=False)
+                if resolved is not None:
+                    await record_once(self.engine, flow["parent"], row["seq"], resolved)
+
+    async def wait_result(self, args: dict[str, Any], timed_out: bool) -> dict[str, Any] | None:
+        """The results of a wait on child flows, in the order given; None while one is still running."""
+        tasks = args.get("tasks") or []
+        ids = [t.get("flow_id") for t in tasks if isinstance(t, dict) and isinstance(t.get("flow_id"), str)]
+        marks = ",".join("?" * len(ids))
+        if ids and not timed_out:
+            # Cheap test first: a parent waiting on many children is re-checked as each one ends.
+            running = await self.engine.the(
+                f"SELECT COUNT(*) AS n FROM flows WHERE id IN ({marks}) AND status NOT IN ('completed', 'failed', 'cancelled')",
+                *ids,
+            )
+            if running["n"]:
+                return None
+        children = {row["id"]: row for row in await self.engine.all(f"SELECT * FROM flows WHERE id IN ({marks})", *ids)} if ids else {}
+        results = []
+        for task in tasks:
+            child_id = task.get("flow_id") if isinstance(task, dict) else None
+            child = children.get(child_id) if isinstance(child_id, str) else None
+            if child is None:
+                results.append(jr.err(f"wait: {task!r} is not a task"))
+            elif child["status"] == "completed":
+                results.append(jr.ok(loads(child["result"])))
+            elif child["status"] in ("failed", "cancelled"):
+                error = loads(child["error"]) or {}
+                verb = "failed" if child["status"] == "failed" else "was cancelled"
+                results.append(jr.err(f"flow {child['name']} ({child_id}) {verb}: {error.get('message', '')}",
+                                      error.get("traceback", "")))
+            elif timed_out:
+                results.append(jr.err(f"timeout waiting for flow {child['name']} ({child_id})"))
+            else:
+                return None
+        return jr.ok(results)

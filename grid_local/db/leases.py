@@ -1,0 +1,203 @@
+"""Leases: a flow is leased to one worker at an epoch, an open request to one connector.
+
+Every write of a worker is conditional on its lease (``check_held``; invariant 2). A worker that
+goes silent loses its flows when its lease expires (they become runnable, another worker replays
+them); a connector that goes silent has its requests declared failed, never re-sent (invariant 5).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from grid_local.db.engine import Row, SqliteEngine, loads
+from grid_local.db.results import record_once
+from grid_local.db.rows import flow_json, journal_entry
+from grid_local.errors import LeaseLostError, NotFoundError
+from grid_local.runtime import journal as jr
+
+LEASE_SECONDS = 10.0
+EXECUTOR_GRACE = 5.0
+
+
+def check_held(row: Row | None, flow_id: str, worker: str, epoch: int) -> Row:
+    """Writes are conditional on the lease: only its current holder, at its current epoch."""
+    if row is None:
+        raise NotFoundError(f"no flow {flow_id}")
+    if row["status"] == "cancelled":
+        raise LeaseLostError("cancelled")
+    if row["lease_owner"] != worker or row["lease_epoch"] != epoch:
+        raise LeaseLostError(f"flow {flow_id} is not leased to {worker} (epoch {epoch})")
+    return row
+
+
+class Leases:
+    def __init__(self, engine: SqliteEngine) -> None:
+        self.engine = engine
+
+    # -- flows leased to workers ----------------------------------------------------------------
+
+    async def claim(self, worker: str, limit: int) -> list[dict[str, Any]]:
+        """Lease up to ``limit`` runnable flows to ``worker``; returns their tasks with journals.
+
+        One UPDATE ... RETURNING leases them all and one SELECT reads their journals, however many."""
+        if await self.engine.one("SELECT 1 FROM flows WHERE runnable = 1 AND lease_owner IS NULL LIMIT 1") is None:
+            return []  # a read first: woken claimers must not queue for the write lock for nothing
+        now = time.time()
+        async with self.engine.transaction():
+            rows = await self.engine.all(
+                "UPDATE flows SET lease_owner = ?, lease_expires = ?, lease_epoch = lease_epoch + 1, runnable = 0, "
+                "status = 'running', updated = ? WHERE id IN (SELECT id FROM flows WHERE runnable = 1 "
+                "AND lease_owner IS NULL ORDER BY created LIMIT ?) RETURNING *",
+                worker, now + LEASE_SECONDS, now, limit,
+            )
+            if not rows:
+                return []
+            journals: dict[str, list[dict[str, Any]]] = {row["id"]: [] for row in rows}
+            marks = ",".join("?" * len(rows))
+            for entry in await self.engine.all(
+                f"SELECT * FROM journal WHERE flow_id IN ({marks}) ORDER BY flow_id, seq", *journals
+            ):
+                journals[entry["flow_id"]].append(journal_entry(entry).to_json())
+            tasks = []
+            for row in sorted(rows, key=lambda r: r["created"]):
+                entries = journals[row["id"]]
+                self.engine.event(row["id"], row["root"], "flow",
+                                  {"status": "running", "worker": worker, "replay": len(entries), "name": row["name"]})
+                task = flow_json(row)
+                task.update(lease=f"{worker}:{row['lease_epoch']}", epoch=row["lease_epoch"], journal=entries)
+                tasks.append(task)
+            return tasks
+
+    async def suspend(self, flow_id: str, worker: str, epoch: int) -> None:
+        """Release a flow that waits on a slow action; it becomes runnable again when a result lands."""
+        async with self.engine.transaction():
+            flow = check_held(await self.engine.one("SELECT * FROM flows WHERE id = ?", flow_id), flow_id, worker, epoch)
+            open_rows = await self.engine.all("SELECT seq FROM journal WHERE flow_id = ? AND result IS NULL", flow_id)
+            runnable = 0 if open_rows else 1
+            await self.engine.execute(
+                "UPDATE flows SET status = ?, lease_owner = NULL, lease_expires = NULL, runnable = ?, updated = ? "
+                "WHERE id = ?",
+                "waiting" if open_rows else "pending", runnable, time.time(), flow_id,
+            )
+            self.engine.event(flow_id, flow["root"], "flow", {"status": "waiting", "name": flow["name"]})
+            if runnable:
+                self.engine.note("runnable")
+
+    async def heartbeat(self, worker: str, flow_ids: list[str]) -> list[str]:
+        """Extend the worker's leases; returns the held flows it must stop (cancelled or lost)."""
+        now = time.time()
+        async with self.engine.transaction():
+            await self.engine.execute(
+                "UPDATE flows SET lease_expires = ? WHERE lease_owner = ?", now + LEASE_SECONDS, worker
+            )
+        if not flow_ids:
+            return []
+        marks = ",".join("?" * len(flow_ids))
+        held = {r["id"] for r in await self.engine.all(
+            f"SELECT id FROM flows WHERE id IN ({marks}) AND lease_owner = ?", *flow_ids, worker
+        )}
+        return [fid for fid in flow_ids if fid not in held]
+
+    async def release_worker(self, worker: str, reason: str) -> int:
+        """A worker is gone: its flows become runnable at once (another worker replays them)."""
+        async with self.engine.transaction():
+            rows = await self.engine.all("SELECT id, root, name FROM flows WHERE lease_owner = ?", worker)
+            for row in rows:
+                await self.engine.execute(
+                    "UPDATE flows SET lease_owner = NULL, lease_expires = NULL, runnable = 1, status = 'pending', "
+                    "updated = ? WHERE id = ?",
+                    time.time(), row["id"],
+                )
+                self.engine.event(row["id"], row["root"], "flow",
+                                  {"status": "pending", "name": row["name"], "lease_lost": worker, "reason": reason})
+                self.engine.note("runnable")
+            return len(rows)
+
+    # -- requests leased to connectors ----------------------------------------------------------
+
+    async def claim_requests(self, kinds: list[str], executor: str, limit: int) -> list[dict[str, Any]]:
+        """Lease open requests of these kinds to a connector, each for its timeout plus a grace period."""
+        now = time.time()
+        marks = ",".join("?" * len(kinds))
+        if await self.engine.one(
+            f"SELECT 1 FROM journal WHERE kind IN ({marks}) AND result IS NULL AND executor IS NULL LIMIT 1", *kinds
+        ) is None:
+            return []
+        async with self.engine.transaction():
+            rows = await self.engine.all(
+                f"SELECT flow_id, seq, kind, args FROM journal WHERE kind IN ({marks}) AND result IS NULL "
+                "AND executor IS NULL ORDER BY requested_at LIMIT ?",
+                *kinds, limit,
+            )
+            claimed = []
+            for row in rows:
+                args = loads(row["args"])
+                expires = now + float(args.get("timeout") or 30) + EXECUTOR_GRACE
+                await self.engine.execute(
+                    "UPDATE journal SET executor = ?, executor_expires = ? WHERE flow_id = ? AND seq = ?",
+                    executor, expires, row["flow_id"], row["seq"],
+                )
+                claimed.append({"flow_id": row["flow_id"], "seq": row["seq"], "kind": row["kind"], "args": args})
+            return claimed
+
+    async def record_result(self, flow_id: str, seq: int, result: dict[str, Any], executor: str | None = None) -> bool:
+        """A connector's answer. Refused (False) when already answered or no longer held by ``executor``."""
+        async with self.engine.transaction():
+            row = await self.engine.one("SELECT result, executor FROM journal WHERE flow_id = ? AND seq = ?", flow_id, seq)
+            if row is None or row["result"] is not None:
+                return False
+            if executor is not None and row["executor"] != executor:
+                return False
+            return await record_once(self.engine, flow_id, seq, result)
+
+    async def release_executor(self, executor: str) -> int:
+        """A connector is gone: every request it held without a result is declared failed (interrupted)."""
+        rows = await self.engine.all(
+            "SELECT flow_id, seq FROM journal WHERE executor = ? AND result IS NULL", executor
+        )
+        for row in rows:
+            await self.record_result(row["flow_id"], row["seq"], jr.err(jr.INTERRUPTED))
+        return len(rows)
+
+    # -- both -----------------------------------------------------------------------------------
+
+    async def release_previous_grid(self) -> tuple[int, int]:
+        """A grid is starting, and nothing of the previous one survived it: every flow it leased is
+        runnable again and every request it had in flight is declared interrupted, now rather than
+        when their leases expire. Returns (flows released, requests interrupted)."""
+        flows = 0
+        for row in await self.engine.all("SELECT DISTINCT lease_owner FROM flows WHERE lease_owner IS NOT NULL"):
+            flows += await self.release_worker(row["lease_owner"], "the grid restarted")
+        requests = 0
+        for row in await self.engine.all(
+            "SELECT DISTINCT executor FROM journal WHERE executor IS NOT NULL AND result IS NULL"
+        ):
+            requests += await self.release_executor(row["executor"])
+        return flows, requests
+
+    async def reap(self) -> None:
+        """Expire leases: flows of silent workers become runnable, requests of silent connectors fail."""
+        now = time.time()
+        for row in await self.engine.all(
+            "SELECT DISTINCT lease_owner FROM flows WHERE lease_owner IS NOT NULL AND lease_expires < ?", now
+        ):
+            await self.release_worker(row["lease_owner"], "lease expired")
+        for row in await self.engine.all(
+            "SELECT flow_id, seq FROM journal WHERE result IS NULL AND executor IS NOT NULL AND executor_expires < ?",
+            now,
+        ):
+            await self.record_result(row["flow_id"], row["seq"], jr.err(jr.INTERRUPTED))
+
+    async def holdings(self) -> dict[str, dict[str, list[Any]]]:
+        """What each worker and connector holds now: leased flows, and requests in flight."""
+        held: dict[str, dict[str, list[Any]]] = {}
+        for row in await self.engine.all("SELECT id, lease_owner FROM flows WHERE lease_owner IS NOT NULL"):
+            held.setdefault(row["lease_owner"], {"flows": [], "requests": []})["flows"].append(row["id"])
+        for row in await self.engine.all(
+            "SELECT flow_id, seq, kind, executor FROM journal WHERE executor IS NOT NULL AND result IS NULL"
+        ):
+            held.setdefault(row["executor"], {"flows": [], "requests": []})["requests"].append(
+                {"flow_id": row["flow_id"], "seq": row["seq"], "kind": row["kind"]}
+            )
+        return held
