@@ -1,8 +1,9 @@
-"""Terminal output conventions: one-line errors with exit codes, colour only on a TTY."""
+"""Terminal output conventions: one-line errors with exit codes, colour only on a TTY and without NO_COLOR."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -21,9 +22,16 @@ def is_tty(stream: Any = None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+def use_colour(stream: Any = None) -> bool:
+    """Colours only on a terminal, and never when NO_COLOR is set (https://no-color.org; `--no-color` sets it)."""
+    return is_tty(stream) and not os.environ.get("NO_COLOR")
+
+
 def error(message: str) -> None:
-    """One line on stderr (red on a TTY)."""
-    typer.secho(f"error: {message}", err=True, fg="red" if is_tty(sys.stderr) else None)
+    """One line on stderr (red on a colour terminal)."""
+    text = f"error: {message}"
+    # secho would add a reset code even without a colour: plain echo when there is none.
+    typer.echo(typer.style(text, fg="red") if use_colour(sys.stderr) else text, err=True)
 
 
 def info(message: str) -> None:

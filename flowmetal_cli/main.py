@@ -3,16 +3,52 @@
 from __future__ import annotations
 
 import importlib
+import os
+import platform
+from importlib import metadata
+from typing import Annotated
 
 import typer
+
+from grid_local.runtime.sources import PRELUDE_VERSION
 
 HELP = """Write, bundle, run, debug and ship durable Starlark flows.
 
 Exit codes: 0 ok; 1 flow failed or check errors; 2 usage or bundle errors;
 3 grid unreachable; 4 refused (token or quota).
+
+Environment: FLOWMETAL_HOME (the local grid's state), FLOWMETAL_CONFIG (the
+contexts file), FLOWMETAL_CONTEXT (the context when --context is not given),
+NO_COLOR (no colours, as --no-color), and the variable a context names with
+--token-env (its token). Documentation: docs/README.md.
 """
 
 app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
+
+
+def version_text() -> str:
+    try:
+        version = metadata.version("flowmetal")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"flowmetal {version} (prelude {PRELUDE_VERSION}, Python {platform.python_version()})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No colours in the output (as NO_COLOR=1).")] = False,
+) -> None:
+    if no_color:
+        # The environment carries it to the TUI (Textual honours NO_COLOR) and to grid processes.
+        os.environ["NO_COLOR"] = "1"
 
 # Each module exposes register(app). Order is the order of `flowmetal --help`.
 COMMAND_MODULES = [

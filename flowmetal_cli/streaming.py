@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from flowmetal_cli.client import GridClient, GridUnreachable
-from flowmetal_cli.console import is_tty
+from flowmetal_cli.console import use_colour
 
 FINISHED = ("completed", "failed", "cancelled")
 _COLOURS = ["cyan", "magenta", "yellow", "green", "blue", "bright_cyan", "bright_magenta"]
@@ -25,7 +25,7 @@ class LogPrinter:
 
     def __init__(self, root: str) -> None:
         self.root = root
-        self.colour = is_tty(sys.stdout)
+        self.colour = use_colour(sys.stdout)
         self._colours: dict[str, str] = {}
 
     def line(self, event: dict[str, Any]) -> None:

@@ -46,7 +46,8 @@ class Event(Protocol):
 
 def status(message: str) -> None:
     """A watcher's own line, on stderr (dimmed on a TTY), apart from the flow's output."""
-    typer.secho(f"[watch] {message}", err=True, dim=console.is_tty(sys.stderr) or None)
+    text = f"[watch] {message}"
+    typer.echo(typer.style(text, dim=True) if console.use_colour(sys.stderr) else text, err=True)
 
 
 @dataclass

@@ -44,7 +44,7 @@ def check(
     if json_:
         console.print_json(report.to_json())
     else:
-        colour = console.is_tty()
+        colour = console.use_colour()
         for problem in report.problems:
             line = str(problem)
             if colour:

@@ -58,7 +58,14 @@ def logs(
     context: ContextOption = None,
     follow_output: Annotated[bool, typer.Option("--follow", "-f", help="Keep following until the flow ends.")] = False,
 ) -> None:
-    """Print a flow's log (its _stdout), children's lines prefixed with their name."""
+    """Print a flow's log (its _stdout), children's lines prefixed with their name.
+
+    Examples:
+
+      flowmetal logs 3f2a9c1d0b7e
+
+      flowmetal logs --follow 3f2a9c1d0b7e
+    """
     with console.edge():
         client = connect(context)
         flow = client.get_flow(flow_id)
@@ -73,7 +80,17 @@ def inspect(
     context: ContextOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """A flow's record: status, result or error, and its journal."""
+    """A flow's record: status, result or error, and its journal.
+
+    Each journal entry shows its sequence number, kind, arguments, result and the source line
+    that asked for it.
+
+    Examples:
+
+      flowmetal inspect 3f2a9c1d0b7e
+
+      flowmetal inspect --json 3f2a9c1d0b7e
+    """
     with console.edge():
         with connect(context) as client:
             flow = client.get_flow(flow_id)
@@ -110,7 +127,12 @@ def cancel(
     flow_id: Annotated[str, typer.Argument(help="The flow to cancel (its children too).")],
     context: ContextOption = None,
 ) -> None:
-    """Cancel a flow and every unfinished child."""
+    """Cancel a flow and every unfinished child.
+
+    Examples:
+
+      flowmetal cancel 3f2a9c1d0b7e
+    """
     with console.edge():
         with connect(context) as client:
             cancelled = client.cancel(flow_id)["cancelled"]

@@ -61,7 +61,14 @@ def up(
 
 @grid_app.command("down")
 def down() -> None:
-    """Stop the local grid: every process, cleanly; no pid or lock files are left behind."""
+    """Stop the local grid: every process, cleanly; no pid or lock files are left behind.
+
+    Flows are not lost: the next `grid up` (or `run`) resumes them from the Flow DB.
+
+    Examples:
+
+      flowmetal grid down
+    """
     paths = GridPaths.current()
     if stop_background(paths):
         typer.echo("grid down")
@@ -71,7 +78,16 @@ def down() -> None:
 
 @grid_app.command("status")
 def status(json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Each process of the local grid, with its pid and whether it is alive."""
+    """Each process of the local grid, with its pid and whether it is alive.
+
+    Exit code 3 when no grid is running for $FLOWMETAL_HOME.
+
+    Examples:
+
+      flowmetal grid status
+
+      flowmetal grid status --json
+    """
     paths = GridPaths.current()
     state = running_state(paths)
     if state is None:

@@ -30,7 +30,7 @@ from grid_local.errors import (
     SourceLocation,
     location_from_starlark,
 )
-from grid_local.runtime import dialect, journal, sources
+from grid_local.runtime import dialect, habits, journal, sources
 from grid_local.runtime.journal import JournalEntry
 
 _current = threading.local()
@@ -235,6 +235,10 @@ class FlowExecution:
                 f"{location}: a {unjsonable[1]} is not JSON-representable "
                 "(only JSON data can be passed to flows and actions)", text, kind="ArgumentError",
             )
+        missing = re.match(r"Variable `(\w+)` not found", message)
+        if missing and habits.name_hint(missing[1]):
+            # "did you mean `enum`?" for `sum` helps nobody: say what to write instead.
+            message = habits.with_hint(f"Variable `{missing[1]}` not found", habits.name_hint(missing[1]))
         if "call stack overflow" in message:
             return Failed(
                 f"call stack limit exceeded ({self.limits.max_callstack} frames; [limits] max_callstack)",

@@ -314,3 +314,12 @@ def test_check_prints_the_hint_under_the_problem(project: Path) -> None:
         "    hint: there are no classes: use `struct(name = ..., size = ...)` for a value, "
         "`record(name = str, size = int)` for a typed shape, and plain functions for behaviour",
     ]
+
+
+def test_a_python_builtin_at_run_time_says_what_to_write_instead(flow_project) -> None:  # type: ignore[no-untyped-def]
+    """A flow started without `run`'s check (a deployment, an older bundle) still gets the hint."""
+    flow_project.write("main.flow", "print(sum([1, 2, 3]))\n")
+    _, _, outcome = flow_project.run()
+    assert isinstance(outcome, Failed)
+    assert outcome.message == ("main.flow:1:7: Variable `sum` not found. Hint: there is no `sum`: add in a loop "
+                               "(`total = 0`, `for x in xs: total += x`)")
