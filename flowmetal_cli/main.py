@@ -19,8 +19,9 @@ Exit codes: 0 ok; 1 flow failed or check errors; 2 usage or bundle errors;
 
 Environment: FLOWMETAL_HOME (the local grid's state), FLOWMETAL_CONFIG (the
 contexts file), FLOWMETAL_CONTEXT (the context when --context is not given),
-NO_COLOR (no colours, as --no-color), and the variable a context names with
---token-env (its token). Documentation: docs/README.md.
+NO_COLOR (no colours, as --no-color), DOCKER_HOST (the Docker Engine of the
+local grid's containers), and the variables a context's --token-env or a hook's
+--secret-env names. Documentation: docs/README.md.
 """
 
 app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)

@@ -119,7 +119,14 @@ def add(
 
 @hook_app.command("list")
 def list_hooks(context: ContextOption = None, json_output: JsonOption = False) -> None:
-    """List the webhooks you can see, with their URLs (never their secrets)."""
+    """List the webhooks you can see, with their URLs (never their secrets).
+
+    Examples:
+
+      flowmetal hook list
+
+      flowmetal hook list --json
+    """
     with console.edge():
         with connect(context) as client:
             found = [{**h, "url": hook_url(client, h["name"])} for h in client.hooks()]
@@ -140,7 +147,12 @@ def list_hooks(context: ContextOption = None, json_output: JsonOption = False) -
 @hook_app.command("rm")
 def rm(name: Annotated[str, typer.Argument(help="The hook to remove.", show_default=False)],
        context: ContextOption = None) -> None:
-    """Remove a webhook: POST /hooks/NAME answers 404 from now on."""
+    """Remove a webhook: POST /hooks/NAME answers 404 from now on.
+
+    Examples:
+
+      flowmetal hook rm gh-push
+    """
     with console.edge():
         with connect(context) as client:
             client.delete_hook(name)
