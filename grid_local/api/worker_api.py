@@ -262,10 +262,13 @@ class WorkerApi:
         return JSONResponse({"delivered": delivered})
 
     async def finished(self, request: Request) -> Response:
-        """The resources connector's question: which of these flows have ended?"""
+        """The resources connector's question: which of these flows have ended? (Long-polls up to ``wait``.)"""
         data = await read_json(request)
         flow_ids = [str(f) for f in field(data, "flow_ids", list)][:1000]
-        return JSONResponse({"finished": await self.db.finished_among(flow_ids)})
+        wait = min(float(field(data, "wait", (int, float), 0)), MAX_WAIT)
+        ended = await long_poll(self.notifier, [("finished", flow_id) for flow_id in flow_ids], wait,
+                                lambda: self.db.finished_among(flow_ids), bool)
+        return JSONResponse({"finished": ended})
 
     async def log(self, request: Request) -> Response:
         """A connector streaming a command's output into the flow's log (its _stdout or _stderr inbox)."""

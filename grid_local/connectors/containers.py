@@ -3,9 +3,9 @@
 The resources connector performs these. A container is named and labelled after the grid, the
 flow and the resource, so it is found again by name (a flow resumed on another worker goes on in
 the same container; one that vanished is created again from the spec its handle carries) and
-removed by label: the sweep removes every container of this grid whose flow has ended, at start
-and periodically, so closing needs nothing a crash could lose. The engine is the one
-``DOCKER_HOST`` names (the Docker SDK's own rules), else ``unix:///var/run/docker.sock``.
+removed by label: the resources connector's sweep removes every container of this grid whose
+flow has ended, at start and as soon as a flow ends, so closing needs nothing a crash could lose.
+The engine is the one ``DOCKER_HOST`` names (the Docker SDK's rules), else the default socket.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ class Containers:
         try:
             self._call(lambda api: api.start(container_id))
         except docker.errors.APIError as exc:
-            self._remove(container_id)
+            self.close(container_id)
             raise SpecError(f"docker.container: cannot start {image}: {_explain(exc)}") from None
         return container_id
 
@@ -359,19 +359,13 @@ class Containers:
         """Every container of this grid, running or not."""
         return list(self._call(lambda api: api.containers(all=True, filters={"label": f"{LABEL_GRID}={self.grid}"})))
 
-    def sweep(self, ended: Callable[[list[str]], list[str]]) -> list[str]:
-        """Stop and remove the containers of every flow that has ended; returns their names."""
-        present = self.labelled()
-        flows = sorted({c["Labels"].get(LABEL_FLOW, "") for c in present} - {""})
-        if not flows:
-            return []
-        done = set(ended(flows))
-        removed = []
-        for container in present:
-            if container["Labels"].get(LABEL_FLOW) in done:
-                self._remove(container["Id"])
-                removed.append(container["Names"][0].lstrip("/") if container.get("Names") else container["Id"])
-        return removed
+    def by_flow(self) -> dict[str, list[str]]:
+        """This grid's containers (their ids) by the flow they belong to."""
+        found: dict[str, list[str]] = {}
+        for container in self.labelled():
+            found.setdefault(container["Labels"].get(LABEL_FLOW, ""), []).append(container["Id"])
+        found.pop("", None)
+        return found
 
     def kill_orphan_execs(self) -> int:
         """At start: kill what execs a previous incarnation of this connector left running (it was interrupted)."""
@@ -384,7 +378,8 @@ class Containers:
             killed += sum(1 for exec_id in execs if self.kill_exec(exec_id))
         return killed
 
-    def _remove(self, container_id: str) -> None:
+    def close(self, container_id: str) -> None:
+        """Stop and remove a container (gone already is fine)."""
         import docker
 
         try:

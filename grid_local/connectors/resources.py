@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from grid_local.api.wire import WireClient, WireError
 from grid_local.connectors.base import api_client, connector_args, serve_requests
 from grid_local.connectors.containers import Containers, EngineUnavailable
 from grid_local.home import die_with_parent
@@ -67,15 +66,12 @@ class Workspaces:
             "stderr": done.stderr[-MAX_OUTPUT:].decode("utf-8", "replace"),
         })
 
-    def sweep(self, api: WireClient) -> list[str]:
-        """Remove the workspaces of every flow that has ended; returns their flow ids."""
-        present = sorted(entry.name for entry in self.root.iterdir() if entry.is_dir())
-        if not present:
-            return []
-        ended = api.post("/v1/connectors/resources/finished", {"flow_ids": present})["finished"]
-        for flow_id in ended:
-            shutil.rmtree(self.root / flow_id, ignore_errors=True)
-        return list(ended)
+    def present(self) -> set[str]:
+        """The flows that have a workspace folder."""
+        return {entry.name for entry in self.root.iterdir() if entry.is_dir()}
+
+    def close(self, flow_id: str) -> None:
+        shutil.rmtree(self.root / flow_id, ignore_errors=True)
 
 
 def resource_kind(args: dict[str, Any], key: str) -> str | None:
@@ -108,24 +104,39 @@ def main(argv: list[str] | None = None) -> None:
             return containers.exec(request["flow_id"], args, log)
         return workspaces.exec(args)
 
-    def ended(flow_ids: list[str]) -> list[str]:
-        return list(api.post("/v1/connectors/resources/finished", {"flow_ids": flow_ids})["finished"])
+    def sweep(engine_retry: float) -> float:
+        """Close the resources of every flow that has ended; returns when to ask the engine again.
+
+        The Flow DB is long-polled (for up to SWEEP_SECONDS), so a flow's resources close as soon
+        as it ends rather than on the next tick.
+        """
+        with_workspace = workspaces.present()
+        containers_of: dict[str, list[str]] = {}
+        if time.monotonic() >= engine_retry:
+            try:
+                containers_of = containers.by_flow()
+            except EngineUnavailable:
+                engine_retry = time.monotonic() + ENGINE_RETRY_SECONDS  # no engine: ask again later
+        flows = sorted(with_workspace | set(containers_of))
+        if not flows:
+            time.sleep(SWEEP_SECONDS)
+            return engine_retry
+        ended = api.post("/v1/connectors/resources/finished", {"flow_ids": flows[:1000], "wait": SWEEP_SECONDS})["finished"]
+        for flow_id in ended:
+            for container in containers_of.get(flow_id, []):
+                containers.close(container)
+            if flow_id in with_workspace:
+                workspaces.close(flow_id)
+        return engine_retry
 
     def sweeper() -> None:
         engine_retry = 0.0
         while True:
             try:
-                workspaces.sweep(api)
-            except (WireError, OSError):
-                pass
-            if time.monotonic() >= engine_retry:
-                try:
-                    containers.sweep(ended)
-                except EngineUnavailable:
-                    engine_retry = time.monotonic() + ENGINE_RETRY_SECONDS  # no engine: ask again later
-                except Exception as exc:  # keep sweeping; say why in the connector's log
-                    print(f"resources: container sweep: {exc!r}", flush=True)
-            time.sleep(SWEEP_SECONDS)
+                engine_retry = sweep(engine_retry)
+            except Exception as exc:  # keep sweeping; say why in the connector's log
+                print(f"resources: sweep: {exc!r}", flush=True)
+                time.sleep(SWEEP_SECONDS)
 
     try:
         killed = containers.kill_orphan_execs()  # before serving: their requests were declared interrupted
