@@ -2,8 +2,8 @@
 
 Every failure of the remote becomes one ``ClientError`` with a message fit for one line on
 stderr and the exit code the CLI documents: 3 unreachable, 4 refused (token, quota), 2 for
-requests the grid found malformed, 1 otherwise. Idempotent calls are retried on 5xx with
-backoff; 429 honours Retry-After.
+requests the grid found malformed or naming nothing it knows (404), 1 otherwise. Idempotent
+calls are retried on 5xx with backoff; 429 honours Retry-After.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ class BadRequest(ClientError):
 
 
 class NotFound(ClientError):
-    exit_code = 1
+    """No such flow, bundle or deployment: the caller named something wrong (a usage error)."""
+
+    exit_code = 2
 
 
 def _message(response: httpx.Response) -> str:

@@ -14,8 +14,8 @@ from grid_local.runtime.sources import PRELUDE_VERSION
 
 HELP = """Write, bundle, run, debug and ship durable Starlark flows.
 
-Exit codes: 0 ok; 1 flow failed or check errors; 2 usage or bundle errors;
-3 grid unreachable; 4 refused (token or quota).
+Exit codes: 0 ok; 1 flow failed or check errors; 2 usage or bundle errors (an unknown
+flow id too); 3 grid unreachable; 4 refused (token or quota).
 
 Environment: FLOWMETAL_HOME (the local grid's state), FLOWMETAL_CONFIG (the
 contexts file), FLOWMETAL_CONTEXT (the context when --context is not given),

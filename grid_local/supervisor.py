@@ -94,7 +94,7 @@ class Supervisor:
         self.worker_url = f"http://127.0.0.1:{self.worker_port}"
         self._lock_file: IO[str] | None = None
         self._identity: dict[str, Any] | None = None
-        self.api = WireClient(self.worker_url, timeout=5.0)
+        self.api = WireClient(self.worker_url, timeout=5.0, patience=5.0)
 
     def log(self, message: str) -> None:
         print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor: {message}", file=sys.stderr, flush=True)
@@ -210,7 +210,7 @@ class Supervisor:
                 self.log(f"{exc}; retrying with other ports")
                 self.worker_port = free_port()
                 self.worker_url = f"http://127.0.0.1:{self.worker_port}"
-                self.api = WireClient(self.worker_url, timeout=5.0)
+                self.api = WireClient(self.worker_url, timeout=5.0, patience=5.0)
                 if not self.fixed_client_port:
                     self.client_port = free_port()
                     self.client_url = f"http://{self._client_host}:{self.client_port}"

@@ -655,8 +655,8 @@ class FlowmetalApp(App[None]):
             self.notify("no worker holds the selected flow now (pick a process in the Workers tab, 4)",
                         severity="warning")
             return
-        if target.get("role") in ("client-api", "worker-api", "supervisor"):
-            self.notify(f"{target.get('name')} can't be killed from here (only workers and connectors)",
+        if target.get("role") == "supervisor":  # the grid survives any other process, not this one
+            self.notify("the supervisor can't be killed from here (workers, connectors and the APIs can)",
                         severity="warning")
             return
         pid, label = int(target["pid"]), model.process_label(target)

@@ -141,22 +141,30 @@ def cancel(
 
 def send(
     flow_id: Annotated[str, typer.Argument(help="The receiving flow.")],
-    value: Annotated[str, typer.Argument(help="The message, as JSON (a bare word is sent as a string).")],
+    value: Annotated[str, typer.Argument(help="The message, as JSON (with --string: any text, sent as a string).")],
     context: ContextOption = None,
     inbox: Annotated[str, typer.Option("--inbox", help="The inbox to write to.")] = "_stdin",
+    as_string: Annotated[bool, typer.Option("--string", help="Send VALUE as a plain string instead of parsing it as JSON.")] = False,
 ) -> None:
-    """Send a message to a flow's inbox.
+    """Send a message to a flow's inbox. VALUE is JSON; malformed JSON is refused (exit 2) rather
+    than guessed at, and plain text needs --string.
 
     Examples:
 
       flowmetal send 3f2a9c1d0b7e '{"event": "push", "ref": "main"}'
 
       flowmetal send --inbox approvals 3f2a9c1d0b7e true
+
+      flowmetal send --string 3f2a9c1d0b7e 'deploy when ready'
     """
-    try:
-        message = json.loads(value)
-    except ValueError:
-        message = value
+    if as_string:
+        message: Any = value
+    else:
+        try:
+            message = json.loads(value)
+        except ValueError as exc:
+            console.fail(f"the message is not valid JSON ({exc}); to send it as a plain string, add --string",
+                         console.EXIT_USAGE)
     with console.edge():
         with connect(context) as client:
             client.send(flow_id, message, inbox)

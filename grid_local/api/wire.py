@@ -3,6 +3,10 @@
 Plain ``http.client`` with one keep-alive connection per thread: it costs a fraction of httpx's
 memory in each of the grid's small processes and of its per-call overhead on the hot path of
 every action. The user-facing client (flowmetal_cli.client) stays on httpx.
+
+A 503 or 507 from the Worker API (the Flow DB locked, or its disk full: api/problems.py) means
+nothing was written, so the call is sent again with backoff until it passes or ``patience`` runs
+out: a flow that hits a full disk waits for space instead of failing.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -25,12 +30,17 @@ class WireError(GridError):
         self.status = status
 
 
+UNAVAILABLE = (503, 507)
+RETRY_PAUSE_MAX = 2.0
+
+
 class WireClient:
-    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 60.0, patience: float = 600.0) -> None:
         parts = urlsplit(base_url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.timeout = timeout
+        self.patience = patience
         self._local = threading.local()
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -75,8 +85,15 @@ class WireClient:
         return response.status, data
 
     def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
-        """Like request(), but any status >= 400 raises WireError with the API's message."""
+        """Like request(), but any status >= 400 raises WireError with the API's message (after
+        retrying a 503 or 507 for up to ``patience`` seconds)."""
         status, data = self.request(method, path, body, params)
+        deadline = time.monotonic() + self.patience
+        pause = 0.05
+        while status in UNAVAILABLE and time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, RETRY_PAUSE_MAX)
+            status, data = self.request(method, path, body, params)
         if status >= 400:
             message = data.get("message") if isinstance(data, dict) else data
             raise WireError(f"{method} {path}: {status} {message}", status)

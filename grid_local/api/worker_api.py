@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from grid_local.api.notify import Notifier, PeerPoke, long_poll, wait_for, watch_other_writers
+from grid_local.api.problems import RETRY_AFTER_SECONDS, storage_problem
 from grid_local.db.store import FlowStore
-from grid_local.errors import FlowmetalError, LeaseLostError, NotFoundError
+from grid_local.errors import FlowmetalError, LeaseLostError, NotFoundError, StoreError
 from grid_local.runtime.journal import ALL_KINDS, CONNECTOR_KINDS, JournalEntry
 
 MAX_BODY = 4 * 1024 * 1024
@@ -36,9 +39,11 @@ def error_response(status: int, error: str, message: str) -> JSONResponse:
 
 
 async def read_json(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise BadRequest(f"request body is {len(body)} bytes, over {MAX_BODY}")
+    body = bytearray()
+    async for chunk in request.stream():  # counted as read: a chunked body has no length to check first
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise BadRequest(f"request body is over {MAX_BODY} bytes")
     try:
         data = json.loads(body or b"{}")
     except ValueError as exc:
@@ -69,6 +74,17 @@ def handle_errors(handler: Any) -> Any:
             return error_response(404, "not_found", str(exc))
         except LeaseLostError as exc:
             return error_response(409, "lease_lost", str(exc))
+        except (sqlite3.Error, StoreError) as exc:
+            # A full disk (507) or a locked database (503): nothing was written, and workers and
+            # connectors retry the same call until it passes (api/wire.py).
+            problem = storage_problem(exc, request.app.state.db_path)
+            if problem is None:
+                raise
+            status, error, message = problem
+            print(f"worker-api: {request.method} {request.url.path}: {message}", file=sys.stderr, flush=True)
+            response = error_response(status, error, message)
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
     return wrapped
 
 
@@ -304,7 +320,9 @@ class WorkerApi:
             Route("/v1/connectors/resources/finished", handle_errors(self.finished), methods=["POST"]),
             Route("/v1/connectors/log", handle_errors(self.log), methods=["POST"]),
         ]
-        return Starlette(routes=routes, lifespan=self.lifespan)
+        app = Starlette(routes=routes, lifespan=self.lifespan)
+        app.state.db_path = self.db_path
+        return app
 
 
 def create_app(db_path: Path, notify_port: int | None = None, peer_port: int | None = None) -> Starlette:

@@ -15,6 +15,7 @@ statement at commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -45,22 +46,25 @@ def loads(text: str | None) -> Any:
 class SqliteEngine:
     """One process's connection to the Flow DB file."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path, busy_seconds: float = BUSY_SECONDS) -> None:
         self.db = db
         self.path = path
+        self.busy_seconds = busy_seconds
+        """How long a write waits for the Flow DB's lock before it gives up (StoreError)."""
         self._write_lock = asyncio.Lock()
         self.on_commit: list[Callable[[set[Note]], None]] = []  # run after each commit of this process
         self.notes: set[Note] = set()  # what the current transaction changed, for notifications
         self._events: list[tuple[Any, ...]] = []  # the current transaction's events, written at commit
 
     @classmethod
-    async def open(cls, path: Path) -> "SqliteEngine":
+    async def open(cls, path: Path, busy_seconds: float = BUSY_SECONDS) -> "SqliteEngine":
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(str(path), isolation_level=None)
         db.row_factory = aiosqlite.Row
-        for pragma in ("busy_timeout=10000", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+        busy_timeout = int(min(busy_seconds, 10.0) * 1000)
+        for pragma in (f"busy_timeout={busy_timeout}", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
             await db.execute(f"PRAGMA {pragma}")
-        engine = cls(db, path)
+        engine = cls(db, path, busy_seconds)
         await engine._migrate()
         return engine
 
@@ -88,14 +92,17 @@ class SqliteEngine:
                     await self.db.executemany(
                         "INSERT INTO events (flow_id, root, kind, data, at) VALUES (?, ?, ?, ?, ?)", self._events
                     )
+                await self.db.execute("COMMIT")
             except BaseException:
-                self._events = []
-                await self.db.execute("ROLLBACK")
                 self.notes = set()
+                # A full disk or an I/O error (even on COMMIT) may already have rolled the transaction
+                # back; one left open would refuse every later BEGIN of this connection.
+                if self.db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        await self.db.execute("ROLLBACK")
                 raise
             finally:
                 self._events = []
-            await self.db.execute("COMMIT")
             notes, self.notes = self.notes, set()
         self._published(notes)
 
@@ -131,7 +138,7 @@ class SqliteEngine:
         SQLite skips the busy handler in some WAL races (SQLITE_BUSY_SNAPSHOT and recovery), so
         "database is locked" can come back at once even with a busy timeout."""
         delay = 0.001
-        deadline = time.monotonic() + BUSY_SECONDS
+        deadline = time.monotonic() + self.busy_seconds
         while True:
             try:
                 return list(await self.db.execute_fetchall(sql, params))
@@ -139,7 +146,7 @@ class SqliteEngine:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
                 if time.monotonic() > deadline:
-                    raise StoreError(f"the Flow DB stayed locked for {BUSY_SECONDS:g} s") from exc
+                    raise StoreError(f"the Flow DB stayed locked for {self.busy_seconds:g} s") from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.05)
 

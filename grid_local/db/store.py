@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from grid_local.db.bundles import Bundles
-from grid_local.db.engine import Note, SqliteEngine
+from grid_local.db.engine import BUSY_SECONDS, Note, SqliteEngine
 from grid_local.db.entries import Appended, Entries
 from grid_local.db.events import Events
 from grid_local.db.flows import Flows
@@ -84,8 +84,8 @@ class FlowStore:
         self.finished_among = flows.finished_among
 
     @classmethod
-    async def open(cls, path: Path) -> "FlowStore":
-        return cls(await SqliteEngine.open(path))
+    async def open(cls, path: Path, busy_seconds: float = BUSY_SECONDS) -> "FlowStore":
+        return cls(await SqliteEngine.open(path, busy_seconds))
 
     async def close(self) -> None:
         await self.engine.close()

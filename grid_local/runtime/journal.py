@@ -32,24 +32,36 @@ def canonical_json(value: Any) -> str:
         raise ArgumentError(f"not JSON-representable: {exc}") from None
 
 
+MAX_JSON_DEPTH = 100
+"""How deeply lists and objects may nest in a value that crosses flows and the journal."""
+
+
 def check_json(value: Any, what: str) -> Any:
     """Refuse anything that is not plain JSON data (the only thing that crosses flows and the journal)."""
-    def walk(v: Any, path: str) -> None:
-        if v is None or isinstance(v, (bool, int, str)):
+    def walk(v: Any, path: str, depth: int = 0) -> None:
+        if v is None or isinstance(v, (bool, int)):
             return
+        if isinstance(v, str):
+            try:
+                v.encode()
+            except UnicodeEncodeError:
+                raise ArgumentError(f"{what}: {path or 'value'} is not valid Unicode (a lone surrogate)") from None
+            return
+        if depth >= MAX_JSON_DEPTH and isinstance(v, (list, tuple, dict)):
+            raise ArgumentError(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels")
         if isinstance(v, float):
             if not math.isfinite(v):
                 raise ArgumentError(f"{what}: {path or 'value'} is {v}, which JSON cannot hold")
             return
         if isinstance(v, (list, tuple)):
             for i, item in enumerate(v):
-                walk(item, f"{path}[{i}]")
+                walk(item, f"{path}[{i}]", depth + 1)
             return
         if isinstance(v, dict):
             for key, item in v.items():
                 if not isinstance(key, str):
                     raise ArgumentError(f"{what}: {path or 'value'} has a non-string key {key!r}")
-                walk(item, f"{path}.{key}" if path else key)
+                walk(item, f"{path}.{key}" if path else key, depth + 1)
             return
         raise ArgumentError(f"{what}: {path or 'value'} is a {type(v).__name__}, which is not JSON-representable")
 

@@ -109,3 +109,43 @@ def test_openapi_document_is_published(api: httpx.Client) -> None:
     document = api.get("/openapi.json").json()
     assert document["info"]["title"] == "Flowmetal Client API"
     assert {"/v1/flows", "/v1/flows/{flow_id}", "/v1/events", "/v1/bundles/{digest}"} <= set(document["paths"])
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+def test_input_is_validated_before_anything_is_written(grid: Grid, api: httpx.Client) -> None:
+    """Every refusal is a 4xx with exactly {error, message}, and leaves the Flow DB as it was."""
+    data, digest = write_bundle("a.flow", {"a.flow": "fctx().actions.receive()\n"}, {})
+    assert api.put(f"/v1/bundles/{digest}", content=data).status_code == 201
+    flow_id = api.post("/v1/flows", json={"bundle": digest}).json()["id"]
+    before = _counts(grid)
+
+    def chunked_args() -> Any:  # no Content-Length: the limit must hold on the bytes read
+        yield b'{"bundle": "' + digest.encode() + b'", "args": {"blob": "'
+        for _ in range(20):
+            yield b"x" * (1024 * 1024)
+        yield b'"}}'
+
+    cases: list[tuple[str, str, dict[str, Any], int]] = [
+        ("POST", "/v1/flows", {"content": chunked_args(), "headers": {"content-type": "application/json"}}, 413),
+        ("POST", "/v1/flows", {"json": {"bundle": digest, "args": _nested(900)}}, 422),
+        ("POST", f"/v1/flows/{flow_id}/messages", {"json": {"value": _nested(900)}}, 422),
+        ("GET", "/v1/events", {"params": {"after": str(10**30)}}, 422),
+        ("GET", "/v1/events", {"params": {"after": "-1"}}, 422),
+        ("GET", "/v1/no/such/path", {}, 404),
+        ("DELETE", "/v1/flows", {}, 405),
+        ("POST", "/v1/flows", {"json": {"bundle": digest, "args": "not an object"}}, 422),
+        ("POST", "/v1/flows", {"content": b"\xff\xfe", "headers": {"content-type": "application/json"}}, 422),
+    ]
+    for method, path, kwargs, status in cases:
+        response = api.request(method, path, **kwargs)
+        assert response.status_code == status, (method, path, response.text)
+        body = response.json()
+        assert set(body) == {"error", "message"} and body["message"], (method, path, body)
+    assert _counts(grid) == before
+    assert grid.client.get_flow(flow_id)["status"] != "failed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from grid_local.home import pid_alive
 from tests.integration.conftest import Grid
 
 WAITS_THEN_ACTS = """
@@ -48,13 +49,49 @@ def test_delay_next_action(grid: Grid) -> None:
     assert grid.logs(flow_id) == ["first ok: True error: None", "second ok: True"]
 
 
-def test_kill_refuses_the_apis_and_unknown_pids(grid: Grid) -> None:
+def _restarted(grid: Grid, role: str, old_pid: int) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = grid.paths.read_state() or {}
+        found = next((p for p in state.get("processes", []) if p["role"] == role), None)
+        if found and found["pid"] != old_pid and pid_alive(found["pid"]):
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"the {role} was not restarted")
+
+
+def test_kill_refuses_the_supervisor_and_unknown_pids(grid: Grid) -> None:
+    """Injection kills only what the grid survives: workers, connectors and the two APIs."""
     import pytest
 
-    from flowmetal_cli.client import NotFound
+    from flowmetal_cli.client import ClientError, NotFound
 
-    api = next(p for p in grid.client.processes() if p["role"] == "worker-api")
+    supervisor = next(p for p in grid.client.processes() if p["role"] == "supervisor")
+    with pytest.raises(ClientError, match="supervisor") as refused:
+        grid.client.kill(supervisor["pid"])
+    assert refused.value.status == 409 and pid_alive(supervisor["pid"])
     with pytest.raises(NotFound):
-        grid.client.kill(api["pid"])
+        grid.client.kill(1)
     worker = grid.processes("worker")[0]
     assert grid.client.kill(worker["pid"])["role"] == "worker"
+
+
+def test_kill_the_apis_and_they_come_back(grid: Grid) -> None:
+    worker_api = next(p for p in grid.client.processes() if p["role"] == "worker-api")
+    assert grid.client.kill(worker_api["pid"])["role"] == "worker-api"
+    _restarted(grid, "worker-api", worker_api["pid"])
+
+    # The Client API killed by its own request answers first, then comes back on the same URL.
+    client_api = next(p for p in grid.client.processes() if p["role"] == "client-api")
+    assert grid.client.kill(client_api["pid"]) == {"killed": client_api["pid"], "role": "client-api"}
+    _restarted(grid, "client-api", client_api["pid"])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert grid.client.health()["ok"]
+            break
+        except Exception:
+            assert time.monotonic() < deadline, "the Client API did not come back"
+            time.sleep(0.1)
+    supervisor = next(p for p in grid.client.processes() if p["role"] == "supervisor")
+    assert pid_alive(supervisor["pid"])

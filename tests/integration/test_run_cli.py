@@ -176,6 +176,6 @@ def test_writing_to_a_flows_stdout_is_logging(grid: Grid) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert grid.cli("send", "--inbox", "_stdout", flow_id, '"from outside"').returncode == 0
-    assert grid.cli("send", flow_id, "done").returncode == 0
+    assert grid.cli("send", "--string", flow_id, "done").returncode == 0
     assert grid.wait(flow_id)["status"] == "completed"
     assert grid.cli("logs", flow_id).stdout == "printed\nwritten to my own log\nfrom outside\n"

@@ -133,7 +133,8 @@ def test_404_is_not_found(mock: respx.MockRouter, client: GridClient) -> None:
     mock.get("/v1/flows/f1").mock(return_value=error(404, "no flow f1"))
     with pytest.raises(NotFound) as caught:
         client.get_flow("f1")
-    assert (caught.value.exit_code, caught.value.status, str(caught.value)) == (1, 404, "no flow f1")
+    # An unknown id is a usage error (2), not "the flow failed" (1).
+    assert (caught.value.exit_code, caught.value.status, str(caught.value)) == (2, 404, "no flow f1")
 
 
 def test_404_on_head_means_the_bundle_is_missing(mock: respx.MockRouter, client: GridClient) -> None:
@@ -297,7 +298,7 @@ CASES: list[tuple[str, Any, int, str]] = [
     ("timeout", httpx.ReadTimeout("timed out"), 3, "timed out"),
     ("401", error(401, "the token was refused"), 4, "context 'staging': the token was refused"),
     ("403", error(403, "outside your quota node /other"), 4, "context 'staging': the token was refused"),
-    ("404", error(404, "not found"), 1, "error: not found"),
+    ("404", error(404, "not found"), 2, "error: not found"),  # naming nothing the grid knows: usage
     ("409", error(409, "already cancelled"), 1, "conflict: already cancelled"),
     ("413", error(413, "too big"), 2, "too large for the grid"),
     ("429", error(429, "quota exceeded", {"Retry-After": "0"}), 4, "quota exceeded"),
@@ -355,9 +356,10 @@ def test_cli_push_too_large_exits_two(staging: Path, mock: respx.MockRouter) -> 
     assert line == "error: too large for the grid: bundle is too big"
 
 
-def test_cli_start_unknown_deployment_exits_one(staging: Path, mock: respx.MockRouter) -> None:
+def test_cli_start_unknown_deployment_exits_two(staging: Path, mock: respx.MockRouter) -> None:
+    """Naming a deployment the grid does not know is a usage error, like an unknown flow id."""
     route = mock.post("/v1/deployments/nope/start").mock(return_value=error(404, "no deployment named 'nope'"))
-    line = one_line_error(runner.invoke(app, ["start", "--context", "staging", "nope"]), 1)
+    line = one_line_error(runner.invoke(app, ["start", "--context", "staging", "nope"]), 2)
     assert line == "error: no deployment named 'nope'"
     assert route.call_count == 1
 
