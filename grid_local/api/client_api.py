@@ -25,6 +25,7 @@ from typing import Any, Literal
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -47,7 +48,7 @@ ERROR_NAMES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                405: "method_not_allowed", 409: "conflict", 413: "too_large", 422: "invalid", 429: "quota_exceeded"}
 ERROR_DESCRIPTIONS = {
     400: "Malformed input (a bundle that is not a valid archive, a body that cannot be parsed)",
-    401: "A bearer token is required, or it was refused",
+    401: "Not authenticated: the bearer token (for /hooks, the signature) is missing or was refused",
     403: "Outside the caller's quota node",
     404: "No such flow, bundle or deployment",
     409: "The flow has already ended, or the process may not be killed",
@@ -208,15 +209,20 @@ class ClientApi:
         app = FastAPI(title="Flowmetal Client API", version="1", lifespan=self.lifespan)
         ident = Depends(self.identity)
         answers = self.responses
-        writes = (413, 507)  # a body to read, and a row to write
+        writes = (400, 413, 507)  # a body to read (and parse), and a row to write
 
         @app.exception_handler(StarletteHTTPException)
         async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
             message = str(exc.detail)
+            headers = exc.headers
             if exc.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):  # the router's own
                 message = f"the Client API has no {request.method} {request.url.path}"
+            if exc.status_code == 405:  # every method of the path (the router names only its first route's)
+                allowed = {method for route in app.routes if isinstance(route, APIRoute)
+                           and route.path_regex.match(request.url.path) for method in route.methods}
+                headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
             return JSONResponse({"error": ERROR_NAMES.get(exc.status_code, "error"), "message": message},
-                                status_code=exc.status_code, headers=exc.headers)
+                                status_code=exc.status_code, headers=headers)
 
         @app.exception_handler(sqlite3.Error)
         @app.exception_handler(StoreError)
@@ -271,7 +277,9 @@ class ClientApi:
         @app.head("/v1/bundles/{digest}", summary="Does the grid hold this bundle",
                   responses={200: {"description": "The grid holds it"}, **answers(404)})
         async def has_bundle(digest: str, who: Identity = ident) -> Response:
-            return Response(status_code=200 if await self.db.has_bundle(digest) else 404)
+            if await self.db.has_bundle(digest):
+                return Response(status_code=200)
+            return Response(status_code=404, media_type="application/json")  # (a HEAD's 404 has no body)
 
         @app.get("/v1/bundles/{digest}", summary="Download a bundle", response_class=Response,
                  responses={200: {"content": {"application/zip": {}}, "description": "The bundle archive"},

@@ -51,8 +51,10 @@ async def read_limited(request: Request, limit: int) -> bytes:
 def hooks_router(api: "ClientApi") -> APIRouter:
     router = APIRouter()
     ident = Depends(api.identity)
+    answers = api.responses
 
-    @router.post("/hooks/{name}", status_code=202, summary="Deliver a webhook (authenticated by its signature)")
+    @router.post("/hooks/{name}", status_code=202, summary="Deliver a webhook (authenticated by its signature)",
+                 responses=answers(400, 401, 404, 413, 507))
     async def deliver(name: str, request: Request) -> JSONResponse:
         hook = await api.db.triggers.get_hook(name, with_secret=True)
         body = await read_limited(request, webhooks.MAX_BODY)
@@ -73,7 +75,8 @@ def hooks_router(api: "ClientApi") -> APIRouter:
             raise HTTPException(403, f"hook {name} is outside your quota node {who.quota}")
         return hook
 
-    @router.put("/v1/hooks/{name}", summary="Create or replace a webhook of a deployment")
+    @router.put("/v1/hooks/{name}", summary="Create or replace a webhook of a deployment",
+                responses=answers(400, 403, 404, 413, 507))
     async def put_hook(name: str, spec: HookSpec, who: "Identity" = ident) -> dict[str, Any]:
         problem = webhooks.check_hook_name(name)
         if problem:
@@ -99,15 +102,15 @@ def hooks_router(api: "ClientApi") -> APIRouter:
             match_arg, match_source,
         )
 
-    @router.get("/v1/hooks", summary="List webhooks (never their secrets)")
+    @router.get("/v1/hooks", summary="List webhooks (never their secrets)", responses=answers())
     async def list_hooks(who: "Identity" = ident) -> list[dict[str, Any]]:
         return [h for h in await api.db.triggers.list_hooks() if _under(h["quota"], who.quota)]
 
-    @router.get("/v1/hooks/{name}", summary="A webhook (never its secret)")
+    @router.get("/v1/hooks/{name}", summary="A webhook (never its secret)", responses=answers(403, 404))
     async def get_hook(name: str, who: "Identity" = ident) -> dict[str, Any]:
         return await visible_hook(name, who)
 
-    @router.delete("/v1/hooks/{name}", summary="Remove a webhook")
+    @router.delete("/v1/hooks/{name}", summary="Remove a webhook", responses=answers(403, 404, 507))
     async def delete_hook(name: str, who: "Identity" = ident) -> dict[str, Any]:
         await visible_hook(name, who)
         await api.db.triggers.delete_hook(name)
