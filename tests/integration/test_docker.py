@@ -283,19 +283,52 @@ def test_whole_grid_sigkilled_then_up_leaves_nothing(docker_grid: Grid, docker_e
     no_containers_left(docker_engine, grid)
 
 
-def test_a_container_removed_behind_the_flows_back_is_reopened(docker_grid: Grid, docker_engine: Engine) -> None:
+@pytest.mark.parametrize("mishap, seen, said", [
+    ("removed", "lost", "its container was gone; reopened from the journaled spec"),
+    ("stopped", "kept", "its container had stopped; started again"),
+])
+def test_a_container_removed_or_stopped_behind_the_flows_back_is_reopened(
+    docker_grid: Grid, docker_engine: Engine, mishap: str, seen: str, said: str,
+) -> None:
     grid = docker_grid
     root = grid.start(grid.write("durable.flow", DURABLE), {"image": docker_engine.image})
     child = child_of(grid, root)
     wait_for_entry(grid, child["id"], lambda e: e["kind"] == "receive", "the job to wait")
     [container] = docker_engine.containers_of(grid.paths.home)
-    container.remove(force=True)
+    if mishap == "removed":
+        container.remove(force=True)
+    else:
+        container.stop(timeout=1)
     grid.client.send(child["id"], "go", inbox="go")
     assert grid.wait(root)["status"] == "completed"
-    assert grid.logs(root)[-1] == "lost", "a new container from the same spec (the old one's files are gone)"
-    said = [e["args"]["text"] for e in journal_of(grid, child["id"]) if e["kind"] == "print"]
-    assert said == ["resource 'box': its container was gone; reopened from the journaled spec"]
+    # A new container from the same spec has none of the old one's files; a restarted one has them.
+    assert grid.logs(root)[-1] == seen
+    printed = [e["args"]["text"] for e in journal_of(grid, child["id"]) if e["kind"] == "print"]
+    assert printed == [f"resource 'box': {said}"]
     no_containers_left(docker_engine, grid)
+
+
+MISSING_IMAGE = """
+load("pkg.flowmetal.io/docker/v1", "docker")
+
+def _impl(fctx):
+    return 1
+
+boxed = flow(implementation = _impl, resources = {"box": lambda fctx: docker.container(image = fctx.args.image)})
+
+if __name__ == "__flow__":
+    boxed(image = fctx().args.image)
+"""
+
+
+def test_an_image_the_engine_cannot_get_fails_the_flow_clearly(docker_grid: Grid, docker_engine: Engine) -> None:
+    script = docker_grid.write("missing.flow", MISSING_IMAGE)
+    done = docker_grid.cli("run", "--arg", "image=flowmetal-test/never-built:0", str(script))
+    assert done.returncode == 1
+    first = done.stderr.splitlines()[0]
+    assert ("cannot open resource 'box': docker.container: image flowmetal-test/never-built:0 is not on the engine"
+            in first), done.stderr
+    assert not docker_engine.containers_of(docker_grid.paths.home)
 
 
 def test_engine_unreachable_fails_the_flow_with_one_line(grid_factory: Any) -> None:
