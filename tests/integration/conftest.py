@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -10,7 +9,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from flowmetal_cli.bundle import build_bundle
 from flowmetal_cli.client import GridClient
 from grid_local.home import GridPaths, pid_alive
 from grid_local.supervisor import start_background, stop_background
-from tests.helpers import write_file
+from tests.helpers import LoopbackServer, QuietJsonHandler, write_file
 from tests.integration.docker_engine import docker_engine  # noqa: F401  (a session fixture)
 
 FINISHED = ("completed", "failed", "cancelled")
@@ -132,35 +130,6 @@ def grid_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[An
 @pytest.fixture
 def grid(grid_factory: Any) -> Grid:
     return grid_factory()
-
-
-class QuietJsonHandler(BaseHTTPRequestHandler):
-    """A test server's handler: JSON answers, no access log on stderr."""
-
-    def send_json(self, status: int, value: Any) -> None:
-        payload = json.dumps(value).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-class LoopbackServer:
-    """A threaded HTTP server on an ephemeral 127.0.0.1 port, serving until close()."""
-
-    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class CountingServer(LoopbackServer):
