@@ -215,6 +215,7 @@ class FlowmetalApp(App[None]):
         self.sidebar.border_title = "Flows"
         self.journal_box.border_title = "Journal"
         self._render_status()
+        self._render_tree()  # at once, not on the first tick: the first screen is the same however slow the start
         self._render_selection()
         self.flow_tree.focus()
         self.set_interval(0.2, self._flush_reads)

@@ -93,11 +93,11 @@ async def test_select_a_flow_and_step_through_its_journal(grid: LocalGrid) -> No
 
 
 async def test_kill_the_worker_holding_a_flow_shows_the_replay(grid: LocalGrid) -> None:
-    flow = grid.start("sleepy.flow")
+    flow = grid.start("until_told.flow")  # runs until the test sends it a message, however slow the machine
     app = make_app(select=flow["id"])
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.selected == flow["id"] and len(entries(app)) >= 2
-                    and app.kill_target() is not None, "sleepy.flow running on a known worker")
+                    and app.kill_target() is not None, "until_told.flow running on a known worker")
         victim = app.kill_target()
         assert victim is not None and victim["role"] == "worker"
         await pilot.press("k")
@@ -111,7 +111,8 @@ async def test_kill_the_worker_holding_a_flow_shows_the_replay(grid: LocalGrid) 
 
         # The lease is released when the supervisor sees the worker die (or after it expires).
         await until(pilot, replay_marked, "a resume row after the killed worker", timeout=40)
-        await until(pilot, lambda: status_of(app) == "completed", "sleepy.flow to complete", timeout=40)
+        grid.client.send(flow["id"], "wake up")
+        await until(pilot, lambda: status_of(app) == "completed", "until_told.flow to complete", timeout=40)
         resume = next(r for r in app.query_one(JournalTable).rows_data if isinstance(r, Resume))
         assert resume.worker != victim["id"]
         assert "replayed" in resume.describe()
@@ -151,10 +152,10 @@ async def test_cancel_a_waiting_flow_and_filter_the_tree(grid: LocalGrid) -> Non
 
 
 async def test_delay_then_fail_the_next_action(grid: LocalGrid) -> None:
-    flow = grid.start("sleepy.flow")
+    flow = grid.start("ticker.flow")  # ticks for a minute: still running when the injections are armed
     app = make_app(select=flow["id"])
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: status_of(app) == "running" and len(entries(app)) >= 1, "sleepy.flow to run")
+        await until(pilot, lambda: status_of(app) == "running" and len(entries(app)) >= 1, "ticker.flow to run")
         await pilot.press("d")
         await until(pilot, lambda: isinstance(app.screen, DelayScreen), "the delay dialog")
         await pilot.press("backspace", "0", ".", "3", "enter")
@@ -162,7 +163,7 @@ async def test_delay_then_fail_the_next_action(grid: LocalGrid) -> None:
         await pilot.press("f")
         await until(pilot, lambda: any("fails" in r for r in app.reports), "the failure to be armed")
         await until(pilot, lambda: status_of(app) == "failed" and first_error(entries(app)) is not None,
-                    "sleepy.flow to fail on the injected error", timeout=30)
+                    "ticker.flow to fail on the injected error", timeout=30)
         await pilot.press("e")
         current = app.query_one(JournalTable).current_entry()
         assert current is not None and "injected failure" in current["result"]["error"]

@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import Input
 from tui_recorded import RecordedGrid
 from tui_gridkit import until
 
 from flowmetal_cli.client import GridClient, GridUnreachable
 from tui.app import FlowmetalApp
+from tui.screens.prompts import DelayScreen
 from tui.widgets.journal import JournalTable
 from tui.widgets.workers import WorkersTable
 
@@ -80,7 +82,16 @@ def test_kill_confirmation(snap_compare: Compare) -> None:
 
 
 def test_delay_dialog(snap_compare: Compare) -> None:
-    assert snap_compare(recorded_app("waiter"), press=["d"], run_before=loaded())
+    async def dialog_shown(pilot: Pilot[Any]) -> None:
+        await loaded()(pilot)
+        await pilot.press("d")
+        app = pilot.app
+        await until(pilot, lambda: isinstance(app.screen, DelayScreen) and app.screen.query_one(Input).has_focus,
+                    "the delay dialog")
+        # The input's cursor blinks every 0.5 s: hold it visible, or a slow run shoots it dark.
+        app.screen.query_one(Input).cursor_blink = False
+
+    assert snap_compare(recorded_app("waiter"), run_before=dialog_shown)
 
 
 def test_push_dialog(snap_compare: Compare) -> None:

@@ -48,7 +48,9 @@ async def until(pilot: Pilot[Any], condition: Callable[[], object], what: str, t
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+            shown = [n.message for n in pilot.app._notifications][-5:]
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} "
+                                 f"(reports: {getattr(pilot.app, 'reports', [])[-5:]}, notifications: {shown})")
         await pilot.pause(0.05)
 
 
