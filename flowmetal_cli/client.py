@@ -263,3 +263,16 @@ class GridClient:
             return self.http.post(f"/hooks/{name}", content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise GridUnreachable(f"cannot reach the grid of context '{self.context}' at {self.url}: {exc}") from None
+
+    def put_schedule(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._json("PUT", f"/v1/schedules/{name}", json=spec)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/v1/schedules")
+
+    def delete_schedule(self, name: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/v1/schedules/{name}")
+
+    def schedule_action(self, name: str, action: str) -> dict[str, Any]:
+        """``pause``, ``resume`` or ``trigger`` (fire now)."""
+        return self._json("POST", f"/v1/schedules/{name}/{action}", idempotent=action != "trigger")

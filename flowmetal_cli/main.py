@@ -59,6 +59,7 @@ COMMAND_MODULES = [
     "check",
     "push",
     "hook",
+    "schedule",
     "flows",
     "grid",
     "context",

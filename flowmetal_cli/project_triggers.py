@@ -16,6 +16,7 @@ from grid_local.errors import ArgumentError
 from grid_local.runtime.sources import PROJECT_FILE
 
 HOOK_KEYS = {"deployment", "signature", "secret_env", "secret_file", "to", "inbox", "match"}
+SCHEDULE_KEYS = {"deployment", "cron", "tz", "args", "overlap", "catch_up"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ def project_folder(file: Path) -> Path:
 def plan_triggers(settings: dict[str, Any], deployment: str, root: Path) -> list[PlannedTrigger]:
     """Every trigger the project declares, as the specs the grid takes (secrets read now)."""
     from flowmetal_cli.commands.hook import hook_spec, read_secret
+    from flowmetal_cli.commands.schedule import schedule_spec
     from grid_local.triggers.webhooks import check_hook_name
 
     planned = []
@@ -63,6 +65,25 @@ def plan_triggers(settings: dict[str, Any], deployment: str, root: Path) -> list
             raise ArgumentError(f"{where}: {exc}".replace("--secret-env", "secret_env").replace(
                 "--secret-file", "secret_file").replace("--signature", "signature")) from None
         planned.append(PlannedTrigger("hook", name, spec))
+    for name, table in _table(settings, "schedules").items():
+        where = f"{PROJECT_FILE}: [schedules.{name}]"
+        unknown = sorted(set(table) - SCHEDULE_KEYS)
+        if unknown:
+            raise ArgumentError(f"{where}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(SCHEDULE_KEYS))})")
+        problem = check_hook_name(name)
+        if problem:
+            raise ArgumentError(f"{where}: {problem}")
+        if not isinstance(table.get("cron"), str):
+            raise ArgumentError(f"{where}: cron = \"...\" is required")
+        if not isinstance(table.get("args", {}), dict):
+            raise ArgumentError(f"{where}: args must be a table")
+        try:
+            spec = schedule_spec(str(table.get("deployment") or deployment), table["cron"], str(table.get("tz", "UTC")),
+                                 table.get("args", {}), str(table.get("overlap", "skip")),
+                                 str(table.get("catch_up", "one")))
+        except ArgumentError as exc:
+            raise ArgumentError(f"{where}: {str(exc).replace('--catch-up', 'catch_up').replace('--overlap', 'overlap')}") from None
+        planned.append(PlannedTrigger("schedule", name, spec))
     return planned
 
 
@@ -71,4 +92,6 @@ def apply_triggers(client: GridClient, planned: list[PlannedTrigger]) -> list[di
     for trigger in planned:
         if trigger.kind == "hook":
             applied.append({"kind": "hook", **client.put_hook(trigger.name, trigger.spec)})
+        else:
+            applied.append({"kind": "schedule", **client.put_schedule(trigger.name, trigger.spec)})
     return applied

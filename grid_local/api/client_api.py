@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from grid_local.api.hooks import hooks_router
 from grid_local.api.notify import ANY_CHANGE, Notifier, PeerPoke, long_poll, watch_other_writers
 from grid_local.api.problems import RETRY_AFTER_SECONDS, storage_problem
+from grid_local.api.schedules import schedules_router
 from grid_local.bundle_format import MAX_BUNDLE_BYTES, read_bundle
 from grid_local.db.store import FINISHED, FlowStore
 from grid_local.errors import ArgumentError, BundleError, NotFoundError, StoreError
@@ -415,6 +416,7 @@ class ClientApi:
             return await start_flow(StartFlow(bundle=deployment["digest"], args=body.args, name=name), who)
 
         app.include_router(hooks_router(self))
+        app.include_router(schedules_router(self))
         app.add_middleware(BodyLimit)
         return app
 

@@ -260,11 +260,18 @@ class WorkerApi:
             with self.notifier.subscribe(("deadlines",)) as woken:
                 await wait_for(woken, wait)
         version = self.deadlines_version
-        return JSONResponse({"version": version, "deadlines": await self.db.open_deadlines()})
+        return JSONResponse({"version": version, "deadlines": await self.db.open_deadlines(),
+                             "schedules": await self.db.triggers.due_schedules()})
 
     async def fire(self, request: Request) -> Response:
         data = await read_json(request)
         fired = await self.db.fire_deadline(field(data, "flow_id", str), field(data, "seq", int))
+        return JSONResponse({"fired": fired})
+
+    async def fire_schedule(self, request: Request) -> Response:
+        """The clock connector fires a schedule whose next fire time it saw come (once: see fire_schedule)."""
+        data = await read_json(request)
+        fired = await self.db.triggers.fire_schedule(field(data, "name", str), float(field(data, "next_fire", (int, float))))
         return JSONResponse({"fired": fired})
 
     async def deliver(self, request: Request) -> Response:
@@ -316,6 +323,7 @@ class WorkerApi:
             Route("/v1/connectors/{executor}/gone", handle_errors(self.executor_gone), methods=["POST"]),
             Route("/v1/connectors/clock/deadlines", handle_errors(self.deadlines)),
             Route("/v1/connectors/clock/fire", handle_errors(self.fire), methods=["POST"]),
+            Route("/v1/connectors/clock/schedules/fire", handle_errors(self.fire_schedule), methods=["POST"]),
             Route("/v1/connectors/inbox/deliver", handle_errors(self.deliver), methods=["POST"]),
             Route("/v1/connectors/resources/finished", handle_errors(self.finished), methods=["POST"]),
             Route("/v1/connectors/log", handle_errors(self.log), methods=["POST"]),

@@ -1,40 +1,74 @@
-"""The clock connector: durable timers. Deadlines live in the Flow DB; this process fires them.
+"""The clock connector: durable timers and cron schedules. Both live in the Flow DB; this process fires them.
 
-It keeps the open deadlines it was shown, sleeps until the earliest, and asks the Worker API to
-fire it (a sleep ends; a receive or wait times out). After any restart it simply reloads them,
-so a sleep survives the whole grid going down and fires at its original time.
+It keeps the open deadlines and the schedules' next fire times it was shown, sleeps until the
+earliest, and asks the Worker API to fire it (a sleep ends; a receive or wait times out; a
+schedule starts its flow). After any restart it simply reloads them, so a sleep survives the
+whole grid going down and fires at its original time, and a schedule's missed fire times are
+handled by its catch-up policy. A schedule's fire is one transaction on the Worker API's side,
+conditional on the next fire time this process saw: dying before, during or after it can never
+start a fire time's flow twice.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from pathlib import Path
+from typing import Any
 
-from grid_local.api.wire import WireError
+from grid_local.api.wire import WireClient, WireError
 from grid_local.connectors.base import api_client, connector_args
+
+CRASH_ENV = "FLOWMETAL_TEST_CRASH_AT_FIRE"
+"""Crash tests: ``before:MARKER`` or ``after:MARKER`` SIGKILLs this process right before (after) its
+first schedule fire request, once (the MARKER file, created then, keeps its restarts alive)."""
+
+
+def crash_point(moment: str) -> None:
+    when, _, marker = os.environ.get(CRASH_ENV, "").partition(":")
+    if when == moment and marker and not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fire_schedule(api: WireClient, schedule: dict[str, Any]) -> None:
+    crash_point("before")
+    api.post("/v1/connectors/clock/schedules/fire", {"name": schedule["name"], "next_fire": schedule["next_fire"]})
+    crash_point("after")
 
 
 def main(argv: list[str] | None = None) -> None:
     options = connector_args("clock", argv)
     api = api_client(options.api)
     version = -1
-    deadlines: list[dict] = []
+    deadlines: list[dict[str, Any]] = []
+    schedules: list[dict[str, Any]] = []
     while True:
         now = time.time()
         due = [d for d in deadlines if d["deadline"] <= now]
+        due_schedules = [s for s in schedules if s["next_fire"] <= now]
         for item in due:
             try:
                 api.post("/v1/connectors/clock/fire", {"flow_id": item["flow_id"], "seq": item["seq"]})
             except WireError:
                 pass
+        for schedule in due_schedules:
+            try:
+                fire_schedule(api, schedule)
+            except WireError:
+                time.sleep(0.5)  # the Worker API is restarting, or refused the fire: look again soon
+        fired = bool(due or due_schedules)
+        upcoming = [d["deadline"] for d in deadlines[:1]] + [s["next_fire"] for s in schedules[:1]]
         wait = 10.0
-        if deadlines and not due:
-            wait = max(min(deadlines[0]["deadline"] - now, 10.0), 0.0)
+        if upcoming and not fired:
+            wait = max(min(min(upcoming) - now, 10.0), 0.0)
         try:
-            data = api.get("/v1/connectors/clock/deadlines", {"version": -1 if due else version, "wait": f"{wait:.3f}"})
+            data = api.get("/v1/connectors/clock/deadlines", {"version": -1 if fired else version, "wait": f"{wait:.3f}"})
         except WireError:
             time.sleep(0.2)
             continue
-        version, deadlines = data["version"], data["deadlines"]
+        version, deadlines, schedules = data["version"], data["deadlines"], data.get("schedules", [])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ It only wires the parts together; each query lives with its concern:
   results.py   recording a result at most once
   leases.py    flows leased to workers, requests leased to connectors, expiry
   events.py    the event log
-  triggers.py  webhooks and their deliveries
+  triggers.py  webhooks and their deliveries, schedules and their fires
   rows.py      rows turned into the records the APIs answer
 """
 
@@ -44,7 +44,7 @@ class FlowStore:
         entries = Entries(engine, flows, inboxes)
         leases = Leases(engine)
         events = Events(engine)
-        self.triggers = TriggerStore(engine, inboxes)  # webhooks and schedules
+        self.triggers = TriggerStore(engine, inboxes, flows)  # webhooks and schedules
 
         # the Client API
         self.put_bundle = bundles.put_bundle

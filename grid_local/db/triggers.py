@@ -11,17 +11,20 @@ import time
 from typing import Any
 
 from grid_local.db.engine import Row, SqliteEngine, dumps, loads
+from grid_local.db.flows import Flows
 from grid_local.db.inboxes import Inboxes
 from grid_local.db.rows import new_id
 from grid_local.errors import NotFoundError
+from grid_local.triggers import cron
 
 FINISHED_SQL = "('completed', 'failed', 'cancelled')"
 
 
 class TriggerStore:
-    def __init__(self, engine: SqliteEngine, inboxes: Inboxes) -> None:
+    def __init__(self, engine: SqliteEngine, inboxes: Inboxes, flows: Flows) -> None:
         self.engine = engine
         self.inboxes = inboxes
+        self.flows = flows
 
     # -- webhooks -----------------------------------------------------------------------------
 
@@ -99,6 +102,133 @@ class TriggerStore:
             which = f" with {match['arg']} = {key}" if match else ""
             raise NotFoundError(f"no running flow of deployment {hook['deployment']}{which} to deliver to")
         return [r["id"] for r in rows]
+
+    # -- schedules ----------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The time schedules are computed on."""
+        return time.time()
+
+    async def put_schedule(self, name: str, deployment: str, quota: str, username: str, expression: str, tz: str,
+                           args: dict[str, Any], overlap: str, catch_up: str) -> dict[str, Any]:
+        """Create or replace a schedule; its next fire time is computed from now (a paused one stays paused)."""
+        now = self.now()
+        next_fire = cron.next_after(expression, tz, now)
+        async with self.engine.transaction():
+            await self.engine.execute(
+                "INSERT INTO schedules (name, deployment, quota, username, cron, tz, args, overlap, catch_up, "
+                "next_fire, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE "
+                "SET deployment = excluded.deployment, quota = excluded.quota, username = excluded.username, "
+                "cron = excluded.cron, tz = excluded.tz, args = excluded.args, overlap = excluded.overlap, "
+                "catch_up = excluded.catch_up, next_fire = excluded.next_fire, updated = excluded.updated",
+                name, deployment, quota, username, expression, tz, dumps(args), overlap, catch_up, next_fire,
+                now, now,
+            )
+            self.engine.note("deadlines")
+        return await self.get_schedule(name)
+
+    async def get_schedule(self, name: str) -> dict[str, Any]:
+        rows = await self._schedules("WHERE s.name = ?", name)
+        if not rows:
+            raise NotFoundError(f"no schedule named '{name}'")
+        return rows[0]
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        return await self._schedules("")
+
+    async def _schedules(self, where: str, *params: Any) -> list[dict[str, Any]]:
+        rows = await self.engine.all(
+            "SELECT s.*, (SELECT COUNT(*) FROM schedule_fires WHERE schedule = s.name AND outcome = 'started') AS started, "
+            "(SELECT json_object('fire_time', fire_time, 'outcome', outcome, 'flow_id', flow_id) FROM schedule_fires "
+            f"WHERE schedule = s.name ORDER BY fire_time DESC LIMIT 1) AS last FROM schedules s {where} ORDER BY s.name",
+            *params,
+        )
+        return [{
+            "name": r["name"], "deployment": r["deployment"], "quota": r["quota"], "username": r["username"],
+            "cron": r["cron"], "tz": r["tz"], "args": loads(r["args"]), "overlap": r["overlap"],
+            "catch_up": r["catch_up"], "paused": bool(r["paused"]), "next_fire": r["next_fire"],
+            "started": r["started"], "last": loads(r["last"]), "created": r["created"], "updated": r["updated"],
+        } for r in rows]
+
+    async def delete_schedule(self, name: str) -> None:
+        async with self.engine.transaction():
+            if await self.engine.execute("DELETE FROM schedules WHERE name = ?", name) != 1:
+                raise NotFoundError(f"no schedule named '{name}'")
+            await self.engine.execute("DELETE FROM schedule_fires WHERE schedule = ?", name)
+            self.engine.note("deadlines")
+
+    async def set_paused(self, name: str, paused: bool) -> dict[str, Any]:
+        """Pause, or resume from now: fire times that passed while paused are not caught up."""
+        schedule = await self.get_schedule(name)
+        next_fire = cron.next_after(schedule["cron"], schedule["tz"], self.now()) if not paused else schedule["next_fire"]
+        async with self.engine.transaction():
+            await self.engine.execute("UPDATE schedules SET paused = ?, next_fire = ?, updated = ? WHERE name = ?",
+                                      int(paused), next_fire, time.time(), name)
+            self.engine.note("deadlines")
+        return await self.get_schedule(name)
+
+    async def due_schedules(self) -> list[dict[str, Any]]:
+        rows = await self.engine.all("SELECT name, next_fire FROM schedules WHERE paused = 0 ORDER BY next_fire")
+        return [dict(r) for r in rows]
+
+    async def fire_schedule(self, name: str, expected: float | None) -> dict[str, Any] | None:
+        """Handle a schedule's due fire times in one transaction: record each fire time (started,
+        skipped or missed), start the flows, advance next_fire. ``expected`` is the next fire time
+        the caller saw; a fire whose schedule has moved on since (fired by an earlier incarnation of
+        the clock connector, paused, replaced) does nothing and returns None, so a fire time can
+        never start two flows. ``expected=None`` fires now, outside the cron times (``schedule trigger``)."""
+        now = self.now()
+        async with self.engine.transaction():
+            row = await self.engine.one("SELECT * FROM schedules WHERE name = ?", name)
+            if row is None:
+                if expected is None:
+                    raise NotFoundError(f"no schedule named '{name}'")
+                return None
+            if expected is None:
+                plan = cron.FirePlan(start=[now], next_fire=row["next_fire"])
+            else:
+                if row["paused"] or row["next_fire"] != expected or row["next_fire"] > now:
+                    return None
+                plan = cron.plan_fire(row["cron"], row["tz"], row["catch_up"], row["next_fire"], now)
+            outcome: dict[str, Any] = {"name": name, "started": [], "skipped": [], "missed": plan.missed,
+                                       "cancelled": [], "next_fire": plan.next_fire}
+            for fire_time in plan.missed:
+                await self.engine.execute("INSERT INTO schedule_fires (schedule, fire_time, outcome, at) "
+                                          "VALUES (?, ?, 'missed', ?)", name, fire_time, now)
+            args = loads(row["args"])
+            for fire_time in plan.start:
+                running = [r["flow_id"] for r in await self.engine.all(
+                    "SELECT sf.flow_id FROM schedule_fires sf JOIN flows f ON f.id = sf.flow_id WHERE sf.schedule = ? "
+                    f"AND f.status NOT IN {FINISHED_SQL}", name,
+                )]
+                if running and row["overlap"] == "skip":
+                    await self.engine.execute("INSERT INTO schedule_fires (schedule, fire_time, outcome, at) "
+                                              "VALUES (?, ?, 'skipped', ?)", name, fire_time, now)
+                    outcome["skipped"].append(fire_time)
+                    continue
+                if running and row["overlap"] == "cancel-previous":
+                    for flow_id in running:
+                        outcome["cancelled"] += await self._cancel_tree(flow_id, f"cancelled by schedule {name}: a newer fire")
+                flow_id = await self._start_deployment_flow(row["deployment"], args, row["quota"], row["username"])
+                await self.engine.execute("INSERT INTO schedule_fires (schedule, fire_time, outcome, flow_id, at) "
+                                          "VALUES (?, ?, 'started', ?, ?)", name, fire_time, flow_id, now)
+                outcome["started"].append(flow_id)
+            if expected is not None:
+                await self.engine.execute("UPDATE schedules SET next_fire = ? WHERE name = ? AND next_fire = ?",
+                                          plan.next_fire, name, expected)
+                self.engine.note("deadlines")
+            return outcome
+
+    async def _cancel_tree(self, flow_id: str, reason: str) -> list[str]:
+        """Cancel a flow and its unfinished descendants inside the caller's transaction."""
+        rows = await self.engine.all(
+            "WITH RECURSIVE tree(id) AS (SELECT ? UNION ALL SELECT f.id FROM flows f JOIN tree ON f.parent = tree.id) "
+            f"SELECT flows.* FROM flows JOIN tree USING (id) WHERE flows.status NOT IN {FINISHED_SQL}",
+            flow_id,
+        )
+        for row in rows:
+            await self.flows.end(row, "cancelled", error={"message": reason, "traceback": ""})
+        return [row["id"] for row in rows]
 
     async def _start_deployment_flow(self, deployment: str, args: dict[str, Any], quota: str,
                                      username: str) -> str:

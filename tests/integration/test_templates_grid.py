@@ -10,16 +10,19 @@ from __future__ import annotations
 import getpass
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from grid_local.home import GridPaths
 from grid_local.supervisor import start_background
+from grid_local.triggers.signatures import sign
 from tests.integration.conftest import CountingServer, Grid, LoopbackServer, QuietJsonHandler, grid_env, stop_grid
 from tests.integration.docker_engine import Engine
 
@@ -223,6 +226,40 @@ def test_webhook_idle_timeout_ends_an_attached_run(grid: Grid) -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("idle listening on inbox _stdin of flow ")
     assert lines[1].startswith("stopping: ") and lines[2] == "handled 0 events"
+
+
+def test_webhook_template_as_a_signed_webhook(grid: Grid, http_server: CountingServer) -> None:
+    """Pushed as generated, the template's declared hook feeds its listener's inbox."""
+    entry = scaffold(grid, "webhook", "gh")
+    env = {**grid.env, "WEBHOOK_SECRET": "template-secret"}
+    pushed = subprocess.run([sys.executable, "-m", "flowmetal_cli", "push", "--name", "gh", str(entry)], env=env,
+                            capture_output=True, text=True, timeout=60, cwd=grid.project)
+    assert pushed.returncode == 0 and "hook gh -> deployment gh" in pushed.stdout, pushed.stderr
+    flow_id = grid.client.start_deployment("gh", {"notify_url": f"{http_server.url}/notify"})["id"]
+    wait_for_log(grid, flow_id, "listening on inbox _stdin")
+    for n, event in enumerate(("ping", "push", "push", "stop")):
+        body = (entry.parent / "events" / f"{event}.json").read_bytes()
+        key = "push-1" if event == "push" else f"{event}-{n}"  # the second push is a redelivery
+        answer = httpx.post(f"{grid.url}/hooks/gh", content=body, timeout=30,
+                            headers={"X-Signature-256": sign("template-secret", body), "Idempotency-Key": key})
+        assert answer.status_code == 202 and answer.json()["flow_ids"] == [flow_id], answer.text
+    assert grid.wait(flow_id)["status"] == "completed"
+    assert grid.logs(flow_id)[1:] == ["reply: pong", "build: build acme/api@main", "stopping: asked to", "handled 2 events"]
+    assert http_server.count("/notify") == 2
+
+
+def test_batch_template_runs_on_its_schedule(grid: Grid) -> None:
+    entry = scaffold(grid, "batch", "nightly")
+    pushed = grid.cli("push", "--name", "nightly", str(entry))
+    assert pushed.returncode == 0 and "schedule nightly-nightly -> deployment nightly" in pushed.stdout, pushed.stderr
+    [schedule] = [s for s in grid.client.schedules() if s["name"] == "nightly-nightly"]
+    assert schedule["cron"] == "0 2 * * *" and schedule["args"] == {"count": 6, "parallelism": 3}
+    assert time.gmtime(schedule["next_fire"])[3:6] == (2, 0, 0) and schedule["next_fire"] > time.time()
+    fired = grid.cli("schedule", "trigger", "nightly-nightly")
+    assert fired.returncode == 0, fired.stderr
+    flow_id = fired.stdout.strip()
+    assert grid.wait(flow_id)["status"] == "completed"
+    assert grid.logs(flow_id)[-1] == "6 jobs: 6 ok, 0 failed"
 
 
 def test_every_template_is_covered() -> None:
