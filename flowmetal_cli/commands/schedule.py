@@ -95,7 +95,14 @@ def add(
 
 @schedule_app.command("list")
 def list_schedules(context: ContextOption = None, json_output: JsonOption = False) -> None:
-    """List the schedules you can see, with their next fire times."""
+    """List the schedules you can see, with their next fire times.
+
+    Examples:
+
+      flowmetal schedule list
+
+      flowmetal schedule list --json
+    """
     with console.edge():
         with connect(context) as client:
             found = client.schedules()
@@ -123,21 +130,36 @@ def _act(name: str, action: str, context: str | None) -> dict[str, Any]:
 
 @schedule_app.command("pause")
 def pause(name: NameArgument, context: ContextOption = None) -> None:
-    """Pause a schedule: it fires nothing until resumed."""
+    """Pause a schedule: it fires nothing until resumed.
+
+    Examples:
+
+      flowmetal schedule pause nightly
+    """
     _act(name, "pause", context)
     typer.echo(f"paused schedule {name}")
 
 
 @schedule_app.command("resume")
 def resume(name: NameArgument, context: ContextOption = None) -> None:
-    """Resume a schedule from now: the fire times that passed while it was paused are not caught up."""
+    """Resume a schedule from now: the fire times that passed while it was paused are not caught up.
+
+    Examples:
+
+      flowmetal schedule resume nightly
+    """
     schedule = _act(name, "resume", context)
     typer.echo(f"resumed schedule {name}: next fire {when(schedule['next_fire'], schedule['tz'])}")
 
 
 @schedule_app.command("rm")
 def rm(name: NameArgument, context: ContextOption = None) -> None:
-    """Remove a schedule (flows it started keep running)."""
+    """Remove a schedule (flows it started keep running).
+
+    Examples:
+
+      flowmetal schedule rm nightly
+    """
     with console.edge():
         with connect(context) as client:
             client.delete_schedule(name)
@@ -146,7 +168,14 @@ def rm(name: NameArgument, context: ContextOption = None) -> None:
 
 @schedule_app.command("trigger")
 def trigger(name: NameArgument, context: ContextOption = None, json_output: JsonOption = False) -> None:
-    """Fire a schedule now, outside its cron times (its overlap policy applies); prints the flow id."""
+    """Fire a schedule now, outside its cron times (its overlap policy applies); prints the flow id.
+
+    Examples:
+
+      flowmetal schedule trigger nightly
+
+      flowmetal logs -f $(flowmetal schedule trigger nightly)
+    """
     fired = _act(name, "trigger", context)
     if json_output:
         console.print_json(fired)
