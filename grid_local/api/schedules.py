@@ -37,6 +37,7 @@ def _under(quota: str, node: str) -> bool:
 def schedules_router(api: "ClientApi") -> APIRouter:
     router = APIRouter()
     ident = Depends(api.identity)
+    answers = api.responses
 
     async def visible(name: str, who: "Identity") -> dict[str, Any]:
         schedule = await api.db.triggers.get_schedule(name)
@@ -44,7 +45,8 @@ def schedules_router(api: "ClientApi") -> APIRouter:
             raise HTTPException(403, f"schedule {name} is outside your quota node {who.quota}")
         return schedule
 
-    @router.put("/v1/schedules/{name}", summary="Create or replace a cron schedule of a deployment")
+    @router.put("/v1/schedules/{name}", summary="Create or replace a cron schedule of a deployment",
+                responses=answers(400, 403, 404, 413, 507))
     async def put_schedule(name: str, spec: ScheduleSpec, who: "Identity" = ident) -> dict[str, Any]:
         problem = check_hook_name(name) or cron.check_schedule(spec.cron, spec.tz)
         if problem:
@@ -63,31 +65,34 @@ def schedules_router(api: "ClientApi") -> APIRouter:
         return await api.db.triggers.put_schedule(name, spec.deployment, deployment["quota"], who.user, spec.cron,
                                                   spec.tz, spec.args, spec.overlap, spec.catch_up)
 
-    @router.get("/v1/schedules", summary="List schedules with their next fire times")
+    @router.get("/v1/schedules", summary="List schedules with their next fire times", responses=answers())
     async def list_schedules(who: "Identity" = ident) -> list[dict[str, Any]]:
         return [s for s in await api.db.triggers.list_schedules() if _under(s["quota"], who.quota)]
 
-    @router.get("/v1/schedules/{name}", summary="A schedule")
+    @router.get("/v1/schedules/{name}", summary="A schedule", responses=answers(403, 404))
     async def get_schedule(name: str, who: "Identity" = ident) -> dict[str, Any]:
         return await visible(name, who)
 
-    @router.delete("/v1/schedules/{name}", summary="Remove a schedule (its flows keep running)")
+    @router.delete("/v1/schedules/{name}", summary="Remove a schedule (its flows keep running)",
+                   responses=answers(403, 404, 507))
     async def delete_schedule(name: str, who: "Identity" = ident) -> dict[str, Any]:
         await visible(name, who)
         await api.db.triggers.delete_schedule(name)
         return {"deleted": name}
 
-    @router.post("/v1/schedules/{name}/pause", summary="Pause a schedule")
+    @router.post("/v1/schedules/{name}/pause", summary="Pause a schedule", responses=answers(403, 404, 507))
     async def pause(name: str, who: "Identity" = ident) -> dict[str, Any]:
         await visible(name, who)
         return await api.db.triggers.set_paused(name, True)
 
-    @router.post("/v1/schedules/{name}/resume", summary="Resume a schedule from now (no catch-up of the pause)")
+    @router.post("/v1/schedules/{name}/resume", summary="Resume a schedule from now (no catch-up of the pause)",
+                 responses=answers(403, 404, 507))
     async def resume(name: str, who: "Identity" = ident) -> dict[str, Any]:
         await visible(name, who)
         return await api.db.triggers.set_paused(name, False)
 
-    @router.post("/v1/schedules/{name}/trigger", status_code=201, summary="Fire a schedule now")
+    @router.post("/v1/schedules/{name}/trigger", status_code=201, summary="Fire a schedule now",
+                 responses=answers(403, 404, 507))
     async def trigger(name: str, who: "Identity" = ident) -> dict[str, Any]:
         await visible(name, who)
         fired = await api.db.triggers.fire_schedule(name, None)

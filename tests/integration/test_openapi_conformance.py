@@ -36,6 +36,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404"]
 [[operations]]
 include-name = "PUT /v1/hooks/{name}"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "404", "422"]
+
+# A schedule's cron expression and time zone are checked by the API, as a hook's rules are.
+[[operations]]
+include-name = "PUT /v1/schedules/{name}"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "404", "422"]
 """
 
 
