@@ -201,6 +201,7 @@ def test_schedule_cli(grid: Grid) -> None:
         refused = grid.cli("schedule", "add", "bad", "--deployment", "cli", *bad)
         assert refused.returncode == 2 and problem in refused.stderr, refused.stderr
     missing = grid.cli("schedule", "add", "bad", "--deployment", "nope", "--cron", "* * * * *")
-    assert missing.returncode == 1 and "no deployment named 'nope'" in missing.stderr
+    assert missing.returncode == 2 and "no deployment named 'nope'" in missing.stderr  # a name given wrong
     assert grid.cli("schedule", "rm", "hourly").returncode == 0
-    assert grid.cli("schedule", "trigger", "hourly").returncode == 1
+    gone = grid.cli("schedule", "trigger", "hourly")
+    assert gone.returncode == 2 and "no schedule named 'hourly'" in gone.stderr
