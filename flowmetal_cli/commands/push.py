@@ -20,6 +20,7 @@ import typer
 
 from flowmetal_cli import console
 from flowmetal_cli.bundle import ENTRY_SUFFIXES, build_bundle
+from flowmetal_cli.checker import refuse_check_errors
 from flowmetal_cli.client import GridClient, Progress
 from flowmetal_cli.commands.run import ContextOption, parse_args, report_outcome
 from flowmetal_cli.connect import connect
@@ -55,8 +56,9 @@ def check_deployment_name(name: str) -> str:
 
 
 def load_pushable(file: Path) -> Pushable:
-    """A script is bundled (validated as ``flowmetal bundle`` does); an archive is read and validated."""
+    """A script is checked (as ``run`` does) and bundled; an archive is read and validated."""
     if file.suffix in ENTRY_SUFFIXES:
+        refuse_check_errors(file)
         built = build_bundle(file)
         for warning in built.warnings:
             console.info(f"warning: {warning}")

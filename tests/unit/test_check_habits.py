@@ -108,6 +108,14 @@ def test_run_refuses_a_script_with_check_errors_before_uploading(project: Path) 
     assert not (project / "home").exists()  # no grid was started, nothing was written
 
 
+def test_push_refuses_a_script_with_check_errors_before_uploading(project: Path) -> None:
+    write_file(project, "main.flow", 'def main():\n    return sum([1])\n')
+    result = runner.invoke(app, ["push", "--name", "nightly", "main.flow"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: main.flow:2:12: undefined name `sum`")
+    assert not (project / "home").exists()
+
+
 # -- unused loads --------------------------------------------------------------------------------
 
 def test_an_unused_load_is_a_warning_with_a_hint(project: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,53 @@ def test_every_command_has_help_and_an_example() -> None:
     assert [c.name for c in found if not c.examples] == []
     assert [f"{c.name} {names}" for c in found for names, text in c.params if not text.strip()] == []
     assert all("flowmetal " in example for c in found for example in c.examples)
+
+
+def _shell_commands(body: str) -> list[list[str]]:
+    """The words of each command in a shell block (continuations joined, split at |, &&, ;)."""
+    commands = []
+    for line in body.replace("\\\n", " ").splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True  # split at blanks and |, &, ;, ( and ) only (URLs stay whole)
+        lexer.commenters = "#"
+        words: list[str] = []
+        for token in [*lexer, ";"]:
+            if token in ("|", "||", "&&", ";", "&", "(", ")"):
+                while words and re.match(r"^[A-Z_]+=", words[0]):
+                    words = words[1:]  # VAR=value before the command
+                if words:
+                    commands.append(words)
+                words = []
+            else:
+                words.append(token)
+    return commands
+
+
+def test_every_flowmetal_command_in_the_docs_names_real_commands_and_options() -> None:
+    import typer
+
+    from flowmetal_cli.main import app
+
+    root = typer.main.get_command(app)
+    checked, bad = 0, []
+    for page in [ROOT / "README.md", *pages()]:
+        for lang in ("sh", "bash"):
+            for line, body in code_blocks(page, lang):
+                for words in _shell_commands(body):
+                    if words[0] != "flowmetal" or "--help" in words or "--version" in words:
+                        continue
+                    command, rest = root, words[1:]
+                    while rest and hasattr(command, "commands") and rest[0] in command.commands:
+                        command, rest = command.commands[rest[0]], rest[1:]
+                    where = f"{page.relative_to(ROOT)}:{line}: {' '.join(words)}"
+                    if hasattr(command, "commands"):
+                        bad.append(f"{where}: no such command")
+                        continue
+                    try:
+                        command.make_context(" ".join(words[:1]), list(rest))
+                    except Exception as exc:  # click's usage errors
+                        if "does not exist" not in str(exc):  # a placeholder file name
+                            bad.append(f"{where}: {exc}")
+                    checked += 1
+    assert bad == [], "\n".join(bad)
+    assert checked >= 30
