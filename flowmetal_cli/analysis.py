@@ -285,6 +285,7 @@ class _Analyser(ast.NodeVisitor):
     def _comprehension(self, node: ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp) -> None:
         self.scopes.append(_bound(g.target for g in node.generators))
         for generator in node.generators:
+            self._check_iterable(generator.iter)
             self.visit(generator.iter)
             for condition in generator.ifs:
                 self.visit(condition)
@@ -345,8 +346,22 @@ class _Analyser(ast.NodeVisitor):
 
     # -- calls -------------------------------------------------------------------------------
 
+    def visit_For(self, node: ast.For) -> None:
+        self._check_iterable(node.iter)
+        self.generic_visit(node)
+
+    def _check_iterable(self, node: ast.expr) -> None:
+        if _literal_kind(node) == "string":
+            self._report(node, "a string is not iterable in Starlark",
+                         "iterate over its characters with `.elems()`: `for c in \"abc\".elems():`")
+
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
+        if self._is_prelude(func, "print"):
+            for keyword in node.keywords:
+                if keyword.arg and keyword.arg != "sep":
+                    self._report(keyword, f"print() takes no `{keyword.arg}`",
+                                 "each print() is one line of the flow's log; only `sep` is accepted")
         flow = self._flow_named(func)
         if flow is not None:
             self._check_flow_call(flow, node, node.args)

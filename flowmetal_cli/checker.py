@@ -203,10 +203,13 @@ class _ProjectChecker:
         except ScriptError as exc:
             self._add_error(exc, path)
             return None
+        explained = {(f.line, f.column) for f in found.findings if f.severity == ERROR}
         for error in errors:
             match = _NOT_FOUND.search(error.message) or _UNDEFINED.search(error.message)
             if match and (match["name"] in _RUNTIME_NAMES or match["name"] in found.undefined):
                 continue  # reported by the analysis, with a hint
+            if error.location is not None and (error.location.line, error.location.column) in explained:
+                continue  # the analysis said the same at the same place, with a hint
             self._add_error(error, path)
         self.interfaces[path] = interface
         return interface

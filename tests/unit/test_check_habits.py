@@ -303,6 +303,21 @@ def test_a_python_construct_says_what_to_write_instead(project: Path, source: st
     assert hint in found.hint
 
 
+def test_iterating_a_string_and_print_keywords_python_has(project: Path) -> None:
+    found = errors(project, '''
+        def main():
+            for c in "abc":
+                print(c, end = "", sep = "")
+            return [c for c in f"{main}"] + ["x".elems()]
+    ''')
+    assert [(where(p), p.message) for p in found] == [
+        ("main.flow:2:14", "a string is not iterable in Starlark"),
+        ("main.flow:3:18", "print() takes no `end`"),
+        ("main.flow:4:24", "a string is not iterable in Starlark"),
+    ]
+    assert ".elems()" in found[0].hint
+
+
 def test_the_hint_is_in_the_runtime_error_too(flow_project) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ScriptError) as caught:
         dialect.parse("main.flow", "while True:\n    pass\n")

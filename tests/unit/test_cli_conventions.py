@@ -21,7 +21,7 @@ from tests.helpers import write_file
 runner = CliRunner()
 ANSI = "\x1b["
 # Every command that lists or reports things a script would parse.
-LISTING_COMMANDS = ("ps", "deployments", "inspect", "check", "bundle", "new", "grid status", "context list",
+LISTING_COMMANDS = ("ps", "deployments", "inspect", "check", "bundle", "new", "grid status", "context list", "hook list",
                     "context show")
 
 
