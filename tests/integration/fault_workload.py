@@ -64,7 +64,9 @@ square = flow(implementation = _square_impl)
 
 def _triple_impl(fctx):
     ws = fctx.resources.ws
-    command = "sleep {}; echo $((3 * {}))".format(fctx.args.nap, fctx.args.n)
+    # Takes ``nap`` seconds, and longer while the test holds execs (the file ``hold`` exists; 10 s at most).
+    command = "sleep {}; i=0; while [ -e {} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; echo $((3 * {}))".format(
+        fctx.args.nap, fctx.args.hold, fctx.args.n)
     r = retry(lambda: exec(ws, "sh", "-c", command, check = False), limit = 5, backoff = 0.2)()
     return int(r.stdout.strip())
 
@@ -78,7 +80,7 @@ if __name__ == "__flow__":
     sq = square(n = n, url = url)
     got = a.receive(timeout = 600)
     r = _get("{}/root/{}".format(url, n))
-    tripled = retry(triple, limit = 5, backoff = 0.2)(n = n, nap = fctx().args.nap)
+    tripled = retry(triple, limit = 5, backoff = 0.2)(n = n, nap = fctx().args.nap, hold = fctx().args.hold)
     a.sleep(0.2)
     print(json.encode({"n": n, "square": sq, "got": got, "path": r.json["path"], "tripled": tripled}))
 """
@@ -94,10 +96,16 @@ def message(n: int) -> dict[str, Any]:
 
 
 class SlowCountingServer(LoopbackServer):
-    """Counts the requests it is sent per path; answers each after ``delay`` s with its path and count."""
+    """Counts the requests it is sent per path; answers each after ``delay`` s with its path and count.
+
+    While ``gate`` is clear, requests wait there (10 s at most) before their delay: a kill then finds
+    requests certainly in flight (``waiting`` counts them)."""
 
     def __init__(self, delay: float = 0.5) -> None:
         self.delay = delay
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = 0
         self.counts: dict[str, int] = defaultdict(int)
         self.lock = threading.Lock()
         outer = self
@@ -107,6 +115,12 @@ class SlowCountingServer(LoopbackServer):
                 with outer.lock:
                     outer.counts[self.path] += 1
                     count = outer.counts[self.path]
+                    held = not outer.gate.is_set()
+                    outer.waiting += held
+                if held:
+                    outer.gate.wait(10)
+                    with outer.lock:
+                        outer.waiting -= 1
                 time.sleep(outer.delay)
                 try:
                     self.send_json(200, {"path": self.path, "count": count})
@@ -161,6 +175,7 @@ class FaultRun:
         self.roots = roots
         self.workers = workers
         self.nap = nap
+        self.hold = project / "hold-execs"
         self.ids: dict[str, int] = {}
         self.kill: Kill | None = None
         state = paths.read_state()
@@ -194,7 +209,7 @@ class FaultRun:
         built = build_bundle(script)
         self.client.upload_bundle(built.data, built.digest)
         for n in range(self.roots):
-            args = {"n": n, "url": self.server.url, "nap": self.nap}
+            args = {"n": n, "url": self.server.url, "nap": self.nap, "hold": str(self.hold)}
             self.ids[str(self.client.start_flow(built.digest, args, name="faults.flow")["id"])] = n
         self.send(lambda n: n % 2 == 0)
 
@@ -204,33 +219,55 @@ class FaultRun:
                 self.call(lambda c, f=flow_id, m=message(n): c.send(f, m))
 
     def wait_busy(self, kind: str | None, timeout: float = 60.0) -> list[dict[str, Any]]:
-        """Wait until the workload is under way (flows done, flows running) and the target holds work."""
+        """Wait until the workload is under way (a third of the flows done); then, for a connector that
+        performs requests, hold its requests (the server's gate, the exec hold file) until it holds one."""
         deadline = time.monotonic() + timeout
+        while sum(f["status"] == "completed" for f in self.client.list_flows(limit=1000)) < self.roots // 3:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the workload did not get under way within {timeout:g} s")
+            time.sleep(0.05)
+        if kind == "connector:http":
+            self.server.gate.clear()
+        elif kind == "connector:resources":
+            self.hold.touch()
         while time.monotonic() < deadline:
-            flows = self.client.list_flows(limit=1000)
-            done = sum(f["status"] == "completed" for f in flows)
             processes = self.processes()
-            if done >= self.roots // 3 and self._target_busy(kind, processes):
+            if self._target_busy(kind, processes):
                 return processes
             time.sleep(0.05)
         raise AssertionError(f"the workload never kept {kind} busy within {timeout:g} s")
 
-    @staticmethod
-    def _target_busy(kind: str | None, processes: list[dict[str, Any]]) -> bool:
+    def _target_busy(self, kind: str | None, processes: list[dict[str, Any]]) -> bool:
         if kind == "worker":
             return any(p["flows"] for p in processes if p["role"] == "worker")
         if kind in HOLDS_REQUESTS:
-            return any(p["requests"] for p in processes if p["role"] == kind)
+            held = [r["kind"] for p in processes if p["role"] == kind for r in p["requests"]]
+            if kind == "connector:http":
+                return "http" in held and self.server.waiting > 0
+            return "exec" in held
         if kind in RESTARTS_GRID:
             return any(p["requests"] for p in processes if p["role"] in HOLDS_REQUESTS)
         return True
 
+    def release(self) -> None:
+        """Let held requests go (after the kill): the server's gate opens, the exec hold file goes."""
+        self.server.gate.set()
+        self.hold.unlink(missing_ok=True)
+
     def inflict(self, kind: str | None) -> None:
         """Wait for the workload to be busy, SIGKILL ``kind`` (restart the grid if it is gone), send the rest."""
-        processes = self.wait_busy(kind)
+        try:
+            processes = self.wait_busy(kind)
+            self._kill(kind, processes)
+        finally:
+            self.release()
+        self.send(lambda n: n % 2 == 1)
+
+    def _kill(self, kind: str | None, processes: list[dict[str, Any]]) -> None:
         if kind is not None:
             targets = [p for p in processes if kind == "everything" or p["role"] == kind]
-            held = [(r["flow_id"], r["seq"]) for p in targets for r in p["requests"]]
+            slow = ("http", "exec")  # held at the server's gate or the hold file: certainly in flight
+            held = [(r["flow_id"], r["seq"]) for p in targets for r in p["requests"] if r["kind"] in slow]
             self.kill = Kill(kind, time.time(), [int(p["pid"]) for p in targets], held,
                              before=[str(p["id"]) for p in processes])
             for process in targets:
@@ -239,7 +276,6 @@ class FaultRun:
                 self._restart([int(p["pid"]) for p in processes])
         else:
             self.kill = Kill("none", time.time(), [])
-        self.send(lambda n: n % 2 == 1)
 
     def _restart(self, old_pids: list[int], timeout: float = 20.0) -> None:
         """The grid is gone (its children die with the supervisor): note what it left in flight, start it again."""

@@ -47,3 +47,20 @@ def test_no_flow_lost_and_nothing_performed_twice(kind: str, grid_factory: Any,
     assert report.kill is not None and report.kill.pids, "nothing was killed"
     shown = report.problems[:12] + ([f"... and {len(report.problems) - 12} more"] if len(report.problems) > 12 else [])
     assert not report.problems, f"after killing {kind}:\n" + "\n".join(shown)
+
+
+def test_the_checks_see_a_request_performed_twice(grid_factory: Any, slow_server: SlowCountingServer) -> None:
+    """The matrix can fail: a request the server saw once more than the journal allows is reported."""
+    grid: Grid = grid_factory(workers=2)
+    run = FaultRun(grid.paths, grid.project, slow_server, roots=4)
+    try:
+        run.start()
+        run.inflict(None)
+        run.wait_done(DONE_WITHIN)
+        assert run.report().problems == []
+        slow_server.counts["/root/1"] += 1  # as if the grid had sent it again
+        problems = run.report().problems
+    finally:
+        run.close()
+    assert problems == ["/root/1: the server was sent 2 requests; the journal records 1 answered and 0 interrupted "
+                        "(a recorded request was performed twice)"]
