@@ -213,6 +213,13 @@ def summarize_args(kind: str, args: Any, limit: int = 40) -> str:
         return clip(str(args.get("inbox", "_stdin")) + (f" ≤{timeout}s" if timeout is not None else ""), limit)
     if kind == "send":
         return clip(f"→{short_id(args.get('flow_id'))} {compact_json(args.get('value'), limit)}", limit)
+    if kind == "open":
+        wanted: dict[str, Any] = args["spec"] if isinstance(args.get("spec"), dict) else {}
+        return clip(" ".join(str(part) for part in (args.get("name", "?"), wanted.get("kind", "?"), wanted.get("image"))
+                             if part), limit)
+    if kind == "exec":
+        resource: dict[str, Any] = args["resource"] if isinstance(args.get("resource"), dict) else {}
+        return clip(f"{resource.get('name', '?')}: " + " ".join(str(a) for a in args.get("argv") or []), limit)
     if not args:
         return ""
     return compact_json(args, limit)
@@ -235,6 +242,13 @@ def summarize_result(kind: str, result: dict[str, Any] | None, limit: int = 32) 
         return Text(clip(("✖ " if failed else "✔ ") + ", ".join(parts), limit), style="bright_red" if failed else "green")
     if value is None:
         return Text("✔", style="green")
+    if kind == "open" and isinstance(value, dict):
+        opened = value.get("id") if value.get("kind") == "docker" else value.get("path")
+        return Text(clip(f"✔ {value.get('kind', '?')} {opened or ''}".rstrip(), limit), style="green")
+    if kind == "exec" and isinstance(value, dict) and "exit_code" in value:
+        code = value["exit_code"]
+        text = f"{'✔' if code == 0 else '✖'} exit {code}" + (" (reopened)" if value.get("reopened") else "")
+        return Text(clip(text, limit), style="green" if code == 0 else "yellow")
     return Text(clip("✔ " + compact_json(value, limit), limit), style="green")
 
 

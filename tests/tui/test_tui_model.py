@@ -77,6 +77,13 @@ def test_summaries_of_requests_and_results() -> None:
     assert model.summarize_result("sleep", {"ok": True, "value": None}).plain == "✔"
     assert model.summarize_result("run", {"ok": True, "value": {"flow": "greet", "flow_id": "abc123xyz"}}).plain \
         == "✔ greet#abc123"
+    box = {"kind": "docker", "name": "box", "id": "51f5e911b14b", "spec": {"kind": "docker", "image": "busybox"}}
+    assert model.summarize_args("open", {"name": "box", "spec": box["spec"]}) == "box docker busybox"
+    assert model.summarize_args("exec", {"resource": box, "argv": ["sh", "-c", "make"], "timeout": 60}) \
+        == "box: sh -c make"
+    assert model.summarize_result("open", {"ok": True, "value": box}).plain == "✔ docker 51f5e911b14b"
+    assert model.summarize_result("exec", {"ok": True, "value": {"exit_code": 2, "reopened": "gone"}}).plain \
+        == "✖ exit 2 (reopened)"
     failed = model.summarize_result("http", {"ok": False, "error": "interrupted: may or may not\nhave"}, 20)
     assert failed.plain == "✖ interrupted: may …" and "red" in str(failed.style)
 
