@@ -205,7 +205,8 @@ class Supervisor:
                         child.process.wait()
                     if child.log:
                         child.log.close()
-                if attempt == attempts:
+                # Other ports help unless the port that failed is the one the user asked for.
+                if attempt == attempts or (self.fixed_client_port and str(exc).startswith("client-api ")):
                     raise
                 self.log(f"{exc}; retrying with other ports")
                 self.worker_port = free_port()

@@ -220,7 +220,7 @@ class ClientApi:
                 message = f"the Client API has no {request.method} {request.url.path}"
             if exc.status_code == 405:  # every method of the path (the router names only its first route's)
                 allowed = {method for route in app.routes if isinstance(route, APIRoute)
-                           and route.path_regex.match(request.url.path) for method in route.methods}
+                           and route.path_regex.match(request.url.path) for method in route.methods or ()}
                 headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
             return JSONResponse({"error": ERROR_NAMES.get(exc.status_code, "error"), "message": message},
                                 status_code=exc.status_code, headers=headers)

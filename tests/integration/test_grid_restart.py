@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -163,3 +164,21 @@ def test_grid_up_refuses_a_damaged_flow_db_at_once(tmp_path: Path, damage: Any) 
         assert paths.read_state() is None
     finally:
         stop_grid(paths)
+
+
+def test_grid_up_names_the_cause_when_a_process_cannot_start(tmp_path: Path) -> None:
+    env = grid_env(tmp_path)
+    paths = GridPaths(Path(env["FLOWMETAL_HOME"]))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        try:
+            up = _cli(env, "grid", "up", "--workers", "1", "--listen", f"127.0.0.1:{port}")
+            assert up.returncode == 3, up.stdout
+            lines = up.stderr.strip().splitlines()
+            assert len(lines) == 1, up.stderr
+            assert "client-api" in lines[0] and "address already in use" in lines[0], lines[0]
+            assert paths.read_state() is None
+        finally:
+            stop_grid(paths)
