@@ -96,6 +96,15 @@ def process_identity(pid: int) -> dict[str, Any] | None:
     return {"start": int(fields[19]), "cmdline": argv}
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` (from /proc), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(") ", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def lock_holder(path: Path) -> int | None:
     """The pid holding a flock on ``path``, or None (read from /proc/locks: never takes the lock)."""
     try:

@@ -36,7 +36,7 @@ from grid_local.api.schedules import schedules_router
 from grid_local.bundle_format import MAX_BUNDLE_BYTES, read_bundle
 from grid_local.db.store import FINISHED, FlowStore
 from grid_local.errors import ArgumentError, BundleError, NotFoundError, StoreError
-from grid_local.home import GridPaths, pid_alive
+from grid_local.home import GridPaths, parent_pid, pid_alive
 from grid_local.runtime.journal import check_json
 
 MAX_JSON_BODY = 1024 * 1024
@@ -383,7 +383,8 @@ class ClientApi:
             state = self.paths.read_state() or {}
             known = {p.get("pid"): p for p in state.get("processes", [])}
             target = known.get(pid)
-            if target is None:
+            # grid.json may lag a restart by a moment: a pid is killed only while the supervisor is its parent.
+            if target is None or (target.get("role") != "supervisor" and parent_pid(pid) != state.get("pid")):
                 raise HTTPException(404, f"no process of this grid has pid {pid}")
             if target.get("role") == "supervisor":
                 raise HTTPException(409, "the supervisor is not killed by failure injection: the grid does not "

@@ -72,6 +72,21 @@ def test_kill_refuses_the_supervisor_and_unknown_pids(grid: Grid) -> None:
     assert refused.value.status == 409 and pid_alive(supervisor["pid"])
     with pytest.raises(NotFound):
         grid.client.kill(1)
+    # A pid grid.json names that is not (or no longer) a child of the supervisor is left alone.
+    import json
+    import subprocess
+
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        state = json.loads(grid.paths.state.read_text())
+        state["processes"].append({"role": "worker", "name": "worker-9", "pid": bystander.pid, "id": "worker-9.x"})
+        grid.paths.write_state(state)
+        with pytest.raises(NotFound):
+            grid.client.kill(bystander.pid)
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
     worker = grid.processes("worker")[0]
     assert grid.client.kill(worker["pid"])["role"] == "worker"
 
