@@ -202,8 +202,12 @@ class GridClient:
     def get_bundle(self, digest: str) -> bytes:
         return self.request("GET", f"/v1/bundles/{digest}").content
 
-    def start_flow(self, digest: str, args: dict[str, Any], name: str | None = None) -> dict[str, Any]:
-        return self._json("POST", "/v1/flows", json={"bundle": digest, "args": args, "name": name})
+    def start_flow(self, digest: str, args: dict[str, Any], name: str | None = None,
+                   quota: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"bundle": digest, "args": args, "name": name}
+        if quota is not None:
+            body["quota"] = quota
+        return self._json("POST", "/v1/flows", json=body)
 
     def list_flows(self, **filters: Any) -> list[dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v is not None}
@@ -276,3 +280,20 @@ class GridClient:
     def schedule_action(self, name: str, action: str) -> dict[str, Any]:
         """``pause``, ``resume`` or ``trigger`` (fire now)."""
         return self._json("POST", f"/v1/schedules/{name}/{action}", idempotent=action != "trigger")
+
+    # -- the quota tree -----------------------------------------------------------------------------
+
+    def quota_tree(self, node: str | None = None) -> dict[str, Any]:
+        return self._json("GET", "/v1/quota/tree", params={} if node is None else {"node": node})
+
+    def quota_show(self, node: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/quota/nodes/{node.strip('/')}")
+
+    def quota_set(self, node: str, settings: dict[str, Any]) -> dict[str, Any]:
+        return self._json("PUT", f"/v1/quota/nodes/{node.strip('/')}", json=settings)
+
+    def cancel_subtree(self, node: str) -> dict[str, Any]:
+        return self._json("POST", "/v1/quota/cancel", json={"node": node}, idempotent=True)
+
+    def why(self, flow_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/flows/{flow_id}/why")

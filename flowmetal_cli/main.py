@@ -61,6 +61,8 @@ COMMAND_MODULES = [
     "hook",
     "schedule",
     "flows",
+    "why",
+    "quota",
     "grid",
     "context",
     "tui",

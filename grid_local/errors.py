@@ -11,7 +11,8 @@
     ├── BundleError            a bundle is malformed, too large or does not match its digest
     ├── StoreError             the Flow DB refused a write
     │   ├── LeaseLostError     the writer no longer holds the flow's lease
-    │   └── NotFoundError      no such flow / bundle / deployment
+    │   ├── NotFoundError      no such flow / bundle / deployment
+    │   └── QuotaError         a quota node's limit or rule refused a request
     └── GridError              a grid process or API is unreachable or refused a call
         └── WireError          (api/wire.py) the Worker API, as workers and connectors reach it
 
@@ -117,3 +118,13 @@ class NotFoundError(StoreError):
 
 class GridError(FlowmetalError):
     pass
+
+
+class QuotaError(StoreError):
+    """A quota node refused a request: a hard limit (429 with ``retry_after``, 413 for a size) or a
+    node that may not be created (403). A refused request changes nothing."""
+
+    def __init__(self, message: str, status: int = 429, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Annotated, Any
 
@@ -100,6 +101,8 @@ def inspect(
     typer.echo(f"flow {flow['flow']} ({flow['id']})  status {flow['status']}  quota {flow['quota']}")
     if flow["parent"]:
         typer.echo(f"parent {flow['parent']}  root {flow['root']}")
+    if flow.get("why") and flow["status"] not in ("completed", "failed", "cancelled"):
+        typer.echo(f"why: {flow['why']}")
     if flow.get("error"):
         typer.echo(f"error: {flow['error'].get('message')}")
     elif flow["status"] == "completed":
@@ -124,18 +127,33 @@ def _result(result: dict[str, Any] | None) -> str:
 
 
 def cancel(
-    flow_id: Annotated[str, typer.Argument(help="The flow to cancel (its children too).")],
+    flow_id: Annotated[str | None, typer.Argument(help="The flow to cancel (its children too).")] = None,
     context: ContextOption = None,
+    quota: Annotated[str | None, typer.Option("--quota", help="With --all: cancel every live flow in this subtree.")] = None,
+    all_flows: Annotated[bool, typer.Option("--all", help="With --quota: every live flow in the subtree.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation on a terminal.")] = False,
 ) -> None:
-    """Cancel a flow and every unfinished child.
+    """Cancel a flow and every unfinished child, or every live flow of a quota subtree.
 
     Examples:
 
       flowmetal cancel 3f2a9c1d0b7e
+
+      flowmetal cancel --quota /acme/ci --all
     """
+    if (flow_id is None) == (quota is None) or (quota is not None and not all_flows):
+        console.fail("give a flow id, or --quota NODE --all", console.EXIT_USAGE)
     with console.edge():
         with connect(context) as client:
-            cancelled = client.cancel(flow_id)["cancelled"]
+            if quota is not None:
+                if console.is_tty(sys.stdin) and not yes:
+                    live = next((n["usage"]["live"] for n in client.quota_tree(quota)["nodes"]), 0)
+                    if not typer.confirm(f"cancel the {live} live flow(s) in {quota} (those you may)?"):
+                        raise typer.Exit(1)
+                cancelled = client.cancel_subtree(quota)["cancelled"]
+            else:
+                assert flow_id is not None
+                cancelled = client.cancel(flow_id)["cancelled"]
     typer.echo(f"cancelled {len(cancelled)} flow(s): {' '.join(cancelled)}")
 
 

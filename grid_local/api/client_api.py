@@ -3,8 +3,8 @@
 Every error is JSON ``{"error", "message"}`` with a status code (FastAPI's own validation and
 routing errors too), and the OpenAPI document lists each status an operation can return. Input is
 validated before anything is written. With a tokens file every request
-needs ``Authorization: Bearer <token>``; the token names the user and the quota node the caller
-acts as, and the caller sees only flows in that subtree.
+needs ``Authorization: Bearer <token>``; the token names the user, the quota node and the role
+the caller acts as (``api/roles.py``), and the caller sees only flows in that subtree.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import os
 import signal
 import sqlite3
 import sys
-import tomllib
 import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,12 +29,14 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from grid_local.api.hooks import hooks_router
+from grid_local.api.quotas import quotas_router
+from grid_local.api.roles import Identity, load_tokens, require_steer, require_visible, require_writer, start_node
 from grid_local.api.notify import ANY_CHANGE, Notifier, PeerPoke, long_poll, watch_other_writers
 from grid_local.api.problems import RETRY_AFTER_SECONDS, storage_problem
 from grid_local.api.schedules import schedules_router
 from grid_local.bundle_format import MAX_BUNDLE_BYTES, read_bundle
 from grid_local.db.store import FINISHED, FlowStore
-from grid_local.errors import ArgumentError, BundleError, NotFoundError, StoreError
+from grid_local.errors import ArgumentError, BundleError, NotFoundError, QuotaError, StoreError
 from grid_local.home import GridPaths, parent_pid, pid_alive
 from grid_local.runtime.journal import check_json
 
@@ -50,11 +51,12 @@ ERROR_NAMES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 ERROR_DESCRIPTIONS = {
     400: "Malformed input (a bundle that is not a valid archive, a body that cannot be parsed)",
     401: "Not authenticated: the bearer token (for /hooks, the signature) is missing or was refused",
-    403: "Outside the caller's quota node",
+    403: "Outside the caller's quota node, or not allowed to its role (admin, member, viewer)",
     404: "No such flow, bundle or deployment",
     409: "The flow has already ended, or the process may not be killed",
     413: "The body is over the limit (1 MiB of JSON; the bundle limit for uploads)",
     422: "Invalid parameters or body",
+    429: "A limit of the quota tree refused the start (Retry-After says when to try again); nothing was written",
     500: "An unexpected failure of the Client API",
     503: "The Flow DB is locked or cannot be written just now; nothing was written, retry later",
     507: "The Flow DB's disk is full; nothing was written, retry when there is space",
@@ -66,15 +68,12 @@ class ErrorBody(BaseModel):
     message: str = Field(description="One line for a person, naming the cause")
 
 
-class Identity(BaseModel):
-    user: str
-    quota: str
-
-
 class StartFlow(BaseModel):
     bundle: str = Field(description="Digest of an uploaded bundle (sha256:...)")
     args: dict[str, Any] = Field(default_factory=dict, description="Arguments of the root flow")
     name: str | None = Field(default=None, description="Display name (default: the entry script)")
+    quota: str | None = Field(default=None, max_length=1100,
+                              description="The quota node to start in (default: the caller's; an admin may name one below)")
 
 
 class Message(BaseModel):
@@ -136,18 +135,6 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-def load_tokens(path: Path | None) -> dict[str, Identity] | None:
-    """``[tokens."<token>"] user = "alice" quota = "/acme/ci"``; None means a local, token-less grid."""
-    if path is None:
-        return None
-    data = tomllib.loads(path.read_text())
-    tokens = {}
-    for token, entry in (data.get("tokens") or {}).items():
-        quota = "/" + str(entry.get("quota", "/")).strip("/")
-        tokens[token] = Identity(user=str(entry["user"]), quota=quota)
-    return tokens
-
-
 def _under(quota: str, node: str) -> bool:
     node = node.rstrip("/")
     return not node or quota == node or quota.startswith(node + "/")
@@ -162,7 +149,7 @@ class ClientApi:
         self.poke = PeerPoke(self.notifier, notify_port, peer_port)
         self.store: FlowStore | None = None
         user = getpass.getuser()
-        self.local_identity = Identity(user=user, quota=f"/local/{user}")
+        self.local_identity = Identity(user=user, quota=f"/local/{user}", role="admin")
 
     @property
     def db(self) -> FlowStore:
@@ -196,8 +183,12 @@ class ClientApi:
 
     async def visible_flow(self, flow_id: str, who: Identity) -> dict[str, Any]:
         flow = await self.db.get_flow(flow_id)
-        if not _under(flow["quota"], who.quota):
-            raise HTTPException(403, f"flow {flow_id} is outside your quota node {who.quota}")
+        require_visible(flow, who)
+        return flow
+
+    async def steerable_flow(self, flow_id: str, who: Identity, what: str) -> dict[str, Any]:
+        flow = await self.db.get_flow(flow_id)
+        require_steer(flow, who, what)
         return flow
 
     def responses(self, *statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -250,6 +241,12 @@ class ClientApi:
             )
             return JSONResponse({"error": "invalid", "message": problems}, status_code=422)
 
+        @app.exception_handler(QuotaError)
+        async def quota_refused(request: Request, exc: QuotaError) -> JSONResponse:
+            headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else None
+            return JSONResponse({"error": ERROR_NAMES.get(exc.status, "quota_exceeded"), "message": str(exc)},
+                                status_code=exc.status, headers=headers)
+
         @app.exception_handler(NotFoundError)
         async def not_found(request: Request, exc: NotFoundError) -> JSONResponse:
             return JSONResponse({"error": "not_found", "message": str(exc)}, status_code=404)
@@ -263,8 +260,9 @@ class ClientApi:
             return who
 
         @app.put("/v1/bundles/{digest}", status_code=201, summary="Upload a bundle (content-addressed, idempotent)",
-                 responses=answers(400, *writes))
+                 responses=answers(400, 403, *writes))
         async def upload_bundle(digest: str, request: Request, who: Identity = ident) -> dict[str, Any]:
+            require_writer(who, "upload bundles")
             data = await request.body()
             if len(data) > MAX_BUNDLE_BYTES:
                 raise HTTPException(413, f"bundle is {len(data)} bytes, over {MAX_BUNDLE_BYTES}")
@@ -289,13 +287,14 @@ class ClientApi:
             return Response(await self.db.get_bundle(digest), media_type="application/zip")
 
         @app.post("/v1/flows", status_code=201, summary="Start a root flow from an uploaded bundle",
-                  responses=answers(404, *writes))
+                  responses=answers(403, 404, 429, *writes))
         async def start_flow(body: StartFlow, who: Identity = ident) -> dict[str, Any]:
+            node = start_node(who, body.quota)
             try:
                 check_json(body.args, "flow arguments")
             except ArgumentError as exc:
                 raise HTTPException(422, str(exc)) from None
-            return await self.db.start_flow(body.bundle, body.args, who.quota, who.user, body.name)
+            return await self.db.start_flow(body.bundle, body.args, node, who.user, body.name)
 
         @app.get("/v1/flows", summary="List flows (newest first)", responses=answers())
         async def list_flows(
@@ -304,19 +303,21 @@ class ClientApi:
             limit: int = Query(default=500, ge=1, le=5000), who: Identity = ident,
         ) -> list[dict[str, Any]]:
             node = who.quota if quota is None or not _under(quota, who.quota) else quota
-            return await self.db.list_flows(status=status, root=root, quota=node, limit=limit, roots_only=roots_only)
+            return await self.db.list_flows(status=status, root=root, quota=node, limit=limit, roots_only=roots_only,
+                                            username=who.user if who.role == "member" else None)
 
         @app.get("/v1/flows/{flow_id}", summary="A flow's record and journal", responses=answers(403, 404))
         async def inspect_flow(flow_id: str, who: Identity = ident) -> dict[str, Any]:
             flow = await self.visible_flow(flow_id, who)
             flow["journal"] = [e.to_json() for e in await self.db.get_journal(flow_id)]
             flow["children"] = [f["id"] for f in await self.db.list_flows(root=flow["root"]) if f["parent"] == flow_id]
+            flow["why"] = (await self.db.why(flow_id))["reason"]
             return flow
 
         @app.post("/v1/flows/{flow_id}/cancel", summary="Cancel a flow and its children",
                   responses=answers(403, 404, 409, *writes))
         async def cancel_flow(flow_id: str, who: Identity = ident) -> dict[str, Any]:
-            flow = await self.visible_flow(flow_id, who)
+            flow = await self.steerable_flow(flow_id, who, "cancel")
             if flow["status"] in FINISHED:
                 raise HTTPException(409, f"flow {flow_id} already {flow['status']}")
             return {"cancelled": await self.db.cancel_flow(flow_id, f"cancelled by {who.user}")}
@@ -324,7 +325,7 @@ class ClientApi:
         @app.post("/v1/flows/{flow_id}/messages", status_code=201, summary="Send a message to a flow's inbox",
                   responses=answers(403, 404, 409, *writes))
         async def send_message(flow_id: str, body: Message, who: Identity = ident) -> dict[str, Any]:
-            flow = await self.visible_flow(flow_id, who)
+            flow = await self.steerable_flow(flow_id, who, "send messages to")
             if flow["status"] in FINISHED:
                 raise HTTPException(409, f"flow {flow_id} already {flow['status']}")
             try:
@@ -354,7 +355,7 @@ class ClientApi:
         @app.post("/v1/flows/{flow_id}/inject", summary="Failure injection: fail or delay the flow's next action",
                   responses=answers(403, 404, *writes))
         async def inject(flow_id: str, body: Injection, who: Identity = ident) -> dict[str, Any]:
-            await self.visible_flow(flow_id, who)
+            await self.steerable_flow(flow_id, who, "inject failures into")
             await self.db.add_injection(flow_id, body.action, body.seconds)
             return {"ok": True}
 
@@ -397,8 +398,9 @@ class ClientApi:
             return {"killed": pid, "role": target.get("role")}
 
         @app.put("/v1/deployments/{name}", summary="Register a named deployment of a bundle",
-                 responses=answers(404, *writes))
+                 responses=answers(403, 404, *writes))
         async def deploy(name: str, body: Deployment, who: Identity = ident) -> dict[str, Any]:
+            require_writer(who, "deploy")
             if not await self.db.has_bundle(body.digest):
                 raise HTTPException(404, f"no bundle {body.digest}: upload it first")
             await self.db.put_deployment(name, body.digest, who.quota)
@@ -409,8 +411,9 @@ class ClientApi:
             return await self.db.list_deployments(who.quota)
 
         @app.post("/v1/deployments/{name}/start", status_code=201, summary="Start a deployed flow",
-                  responses=answers(403, 404, *writes))
+                  responses=answers(403, 404, 429, *writes))
         async def start_deployment(name: str, body: StartDeployment, who: Identity = ident) -> dict[str, Any]:
+            require_writer(who, "start flows")
             deployment = await self.db.get_deployment(name)
             if not _under(deployment["quota"], who.quota):
                 raise HTTPException(403, f"deployment {name} is outside your quota node {who.quota}")
@@ -418,13 +421,15 @@ class ClientApi:
 
         app.include_router(hooks_router(self))
         app.include_router(schedules_router(self))
+        app.include_router(quotas_router(self))
         app.add_middleware(BodyLimit)
         return app
 
     async def _event_visible(self, event: dict[str, Any], who: Identity) -> bool:
         try:
-            return _under((await self.db.get_flow(event["root"]))["quota"], who.quota)
-        except NotFoundError:
+            require_visible(await self.db.get_flow(event["root"]), who)
+            return True
+        except (NotFoundError, HTTPException):
             return False
 
 

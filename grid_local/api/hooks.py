@@ -15,11 +15,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from grid_local.api.roles import require_writer
 from grid_local.errors import NotFoundError
 from grid_local.triggers import signatures, webhooks
 
 if TYPE_CHECKING:
-    from grid_local.api.client_api import ClientApi, Identity
+    from grid_local.api.client_api import ClientApi
+    from grid_local.api.roles import Identity
 
 
 class HookSpec(BaseModel):
@@ -78,6 +80,7 @@ def hooks_router(api: "ClientApi") -> APIRouter:
     @router.put("/v1/hooks/{name}", summary="Create or replace a webhook of a deployment",
                 responses=answers(400, 403, 404, 413, 507))
     async def put_hook(name: str, spec: HookSpec, who: "Identity" = ident) -> dict[str, Any]:
+        require_writer(who, "manage webhooks")
         problem = webhooks.check_hook_name(name)
         if problem:
             raise HTTPException(422, problem)
@@ -112,6 +115,7 @@ def hooks_router(api: "ClientApi") -> APIRouter:
 
     @router.delete("/v1/hooks/{name}", summary="Remove a webhook", responses=answers(403, 404, 507))
     async def delete_hook(name: str, who: "Identity" = ident) -> dict[str, Any]:
+        require_writer(who, "manage webhooks")
         await visible_hook(name, who)
         await api.db.triggers.delete_hook(name)
         return {"deleted": name}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
-from grid_local.db.engine import SqliteEngine, dumps, loads
+from grid_local import quota_tree as qt
+from grid_local.db.engine import Row, SqliteEngine, dumps, loads
 from grid_local.db.flows import Flows
 from grid_local.db.inboxes import Inboxes
 from grid_local.db.leases import check_held
@@ -26,6 +27,21 @@ class Appended(NamedTuple):
     """The entry's result when it was answered in the append's transaction."""
     delay: float
     """Seconds a 'delay' failure injection holds the answer back."""
+
+
+def entry_bytes(entry: JournalEntry) -> int:
+    """What an entry adds to its journal's size (as the journal_bytes triggers count it)."""
+    size = len(dumps(entry.args).encode())
+    return size if entry.result is None else size + len(dumps(entry.result).encode())
+
+
+def journal_over_cap(flow: Row, entry: JournalEntry) -> str | None:
+    """The journal limit this entry would pass (``journal_entries`` or ``journal_bytes``), if any."""
+    if flow["journal_cap"] is not None and entry.seq > flow["journal_cap"]:
+        return "journal_entries"
+    if flow["bytes_cap"] is not None and flow["journal_bytes"] + entry_bytes(entry) > flow["bytes_cap"]:
+        return "journal_bytes"
+    return None
 
 
 class Entries:
@@ -50,9 +66,12 @@ class Entries:
                 "answered_at, worker) SELECT f.id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM flows f WHERE f.id = ? "
                 "AND f.lease_owner = ? AND f.lease_epoch = ? AND f.status != 'cancelled' "
                 "AND COALESCE((SELECT MAX(seq) FROM journal WHERE flow_id = f.id), 0) + 1 = ? "
-                "AND NOT EXISTS (SELECT 1 FROM injections WHERE flow_id = f.id AND used_seq IS NULL) RETURNING seq",
+                "AND NOT EXISTS (SELECT 1 FROM injections WHERE flow_id = f.id AND used_seq IS NULL) "
+                "AND (f.journal_cap IS NULL OR ? <= f.journal_cap) "
+                "AND (f.bytes_cap IS NULL OR f.journal_bytes + ? <= f.bytes_cap) RETURNING seq",
                 (entry.seq, entry.kind, dumps(entry.args), entry.hash, entry.callsite, dumps(entry.result),
-                 entry.requested_at or now, now, worker, flow_id, worker, epoch, entry.seq),
+                 entry.requested_at or now, now, worker, flow_id, worker, epoch, entry.seq, entry.seq,
+                 entry_bytes(entry)),
                 notes={("result", flow_id, entry.seq)},
             )
             if inserted:
@@ -70,46 +89,66 @@ class Entries:
             expected = (flow["last_seq"] or 0) + 1
             if entry.seq != expected:
                 raise LeaseLostError(f"journal of {flow_id} is at {expected - 1}; refusing entry {entry.seq}")
-            result = entry.result
-            deadline = None
-            delay = 0.0
-            if flow["injection_id"] is not None and entry.kind != "print":
-                await self.engine.execute("UPDATE injections SET used_seq = ? WHERE id = ?", entry.seq, flow["injection_id"])
-                if flow["injection"] == "delay":
-                    delay = float(flow["injection_seconds"])
-                else:
-                    result = jr.err(f"injected failure (flowmetal failure injection on {entry.kind})")
-            if result is None and entry.kind == "sleep":
-                deadline = now + max(float(entry.args.get("seconds") or 0), 0.0)
-            elif result is None and entry.kind in ("receive", "wait") and entry.args.get("timeout") is not None:
-                deadline = now + max(float(entry.args["timeout"]), 0.0)
-            await self.engine.execute(
-                "INSERT INTO journal (flow_id, seq, kind, args, hash, callsite, result, requested_at, answered_at, "
-                "worker, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                flow_id, entry.seq, entry.kind, dumps(entry.args), entry.hash, entry.callsite,
-                None if result is None else dumps(result), entry.requested_at or now,
-                None if result is None else now, worker, deadline,
-            )
-            if result is not None:
-                self.engine.note("result", flow_id, entry.seq)
-                return Appended(result, delay)
-            if entry.kind == "run":
-                result = await self.flows.start_child(flow, entry.args)
-            elif entry.kind == "send":
-                result = await self.inboxes.send_from_flow(flow, entry.args)
-            elif entry.kind == "wait":
-                result = await self.flows.wait_result(entry.args, timed_out=False)
-            elif entry.kind == "receive":
-                result = await self.inboxes.receive_result(flow_id, entry.seq, entry.args["inbox"])
-            elif entry.kind == "sleep" and deadline is not None and deadline <= now:
-                result = jr.ok(None)
-            if result is not None:
-                await record_once(self.engine, flow_id, entry.seq, result)
-            elif entry.kind in jr.CONNECTOR_KINDS:
-                self.engine.note("requests", entry.kind)
-            if deadline is not None and result is None:
-                self.engine.note("deadlines")
+            over = journal_over_cap(flow, entry)
+            if over is None:
+                return await self._append_held(flow, entry, worker, now)
+            message = await self._cap_message(flow, over)
+            await self.flows.end(flow, "failed", error={"message": message, "traceback": "", "kind": "QuotaError"})
+        raise LeaseLostError(message)
+
+    async def _append_held(self, flow: Row, entry: JournalEntry, worker: str, now: float) -> Appended:
+        """The full append, inside the transaction that checked the lease and the sequence number."""
+        flow_id = flow["id"]
+        result = entry.result
+        deadline = None
+        delay = 0.0
+        if flow["injection_id"] is not None and entry.kind != "print":
+            await self.engine.execute("UPDATE injections SET used_seq = ? WHERE id = ?", entry.seq, flow["injection_id"])
+            if flow["injection"] == "delay":
+                delay = float(flow["injection_seconds"])
+            else:
+                result = jr.err(f"injected failure (flowmetal failure injection on {entry.kind})")
+        if result is None and entry.kind == "sleep":
+            deadline = now + max(float(entry.args.get("seconds") or 0), 0.0)
+        elif result is None and entry.kind in ("receive", "wait") and entry.args.get("timeout") is not None:
+            deadline = now + max(float(entry.args["timeout"]), 0.0)
+        await self.engine.execute(
+            "INSERT INTO journal (flow_id, seq, kind, args, hash, callsite, result, requested_at, answered_at, "
+            "worker, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            flow_id, entry.seq, entry.kind, dumps(entry.args), entry.hash, entry.callsite,
+            None if result is None else dumps(result), entry.requested_at or now,
+            None if result is None else now, worker, deadline,
+        )
+        if result is not None:
+            self.engine.note("result", flow_id, entry.seq)
             return Appended(result, delay)
+        if entry.kind == "run":
+            result = await self.flows.start_child(flow, entry.args)
+        elif entry.kind == "send":
+            result = await self.inboxes.send_from_flow(flow, entry.args)
+        elif entry.kind == "wait":
+            result = await self.flows.wait_result(entry.args, timed_out=False)
+        elif entry.kind == "receive":
+            result = await self.inboxes.receive_result(flow_id, entry.seq, entry.args["inbox"])
+        elif entry.kind == "sleep" and deadline is not None and deadline <= now:
+            result = jr.ok(None)
+        if result is not None:
+            await record_once(self.engine, flow_id, entry.seq, result)
+        elif entry.kind in jr.CONNECTOR_KINDS:
+            self.engine.note("requests", entry.kind)
+        if deadline is not None and result is None:
+            self.engine.note("deadlines")
+        if entry.kind == "wait" and result is None:
+            self.flows.quotas.room_freed()  # a parent waiting on its children no longer counts as running
+        return Appended(result, delay)
+
+    async def _cap_message(self, flow: Row, limit: str) -> str:
+        """Which node's limit the flow's journal reached, in words (journal caps are stamped at start)."""
+        nodes = await self.flows.quotas.nodes(qt.ancestry(flow["quota"]))
+        found = qt.tightest(nodes, flow["quota"], limit)
+        node = found[1] if found else flow["quota"]
+        cap = flow["journal_cap"] if limit == "journal_entries" else flow["bytes_cap"]
+        return f"the journal reached the limit of quota {node}: {cap} {qt.LIMITS[limit]}"
 
     async def result_of(self, flow_id: str, seq: int) -> tuple[dict[str, Any] | None, str]:
         """An entry's result (or None) and the flow's status, as committed (invariant 8)."""

@@ -11,45 +11,65 @@ from typing import Any
 
 from grid_local.db.engine import Row, SqliteEngine, dumps, loads
 from grid_local.db.leases import check_held
+from grid_local.db.quotas import Quotas
 from grid_local.db.results import record_once
 from grid_local.db.rows import flow_json, new_id, under
-from grid_local.errors import NotFoundError
+from grid_local.errors import NotFoundError, QuotaError
 from grid_local.runtime import journal as jr
 
 
 class Flows:
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: SqliteEngine, quotas: Quotas) -> None:
         self.engine = engine
+        self.quotas = quotas
 
     async def start_flow(self, bundle: str, args: dict[str, Any], quota: str, username: str,
                          name: str | None = None) -> dict[str, Any]:
-        """Start a root flow at the bundle's entry script: one INSERT, which also proves the bundle exists
-        (and whose trigger records the event)."""
+        """Start a root flow at the bundle's entry script. Without a hard limit on its quota ancestry
+        this is one INSERT, which also proves the bundle exists (and whose trigger records the event);
+        otherwise the quota checks and the INSERT are one transaction (a refusal writes nothing)."""
         flow_id = new_id()
         now = time.time()
-        rows = await self.engine.write_statement(
-            "INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, "
-            "created, updated, runnable) SELECT ?, NULL, ?, COALESCE(?, b.entry), b.digest, "
-            "json_object('module', b.entry, 'function', NULL), ?, ?, ?, 'pending', ?, ?, 1 "
-            "FROM bundles b WHERE b.digest = ? RETURNING *",
-            (flow_id, flow_id, name, dumps(args), quota, username, now, now, bundle),
-            notes={("runnable",)},
-        )
+        sql = ("INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, "
+               "created, updated, runnable, journal_cap, bytes_cap) SELECT ?, NULL, ?, COALESCE(?, b.entry), b.digest, "
+               "json_object('module', b.entry, 'function', NULL), ?, ?, ?, 'pending', ?, ?, 1, ?, ? "
+               "FROM bundles b WHERE b.digest = ? RETURNING *")
+        caps = await self.quotas.plan_start(quota)
+        if caps is not None:
+            rows = await self.engine.write_statement(
+                sql, (flow_id, flow_id, name, dumps(args), quota, username, now, now, caps.journal_entries,
+                      caps.journal_bytes, bundle),
+                notes={("runnable",)},
+            )
+        else:
+            async with self.engine.transaction():
+                if await self.engine.one("SELECT 1 FROM bundles WHERE digest = ?", bundle) is None:
+                    raise NotFoundError(f"no bundle {bundle}")
+                caps = await self.quotas.admit(quota, bundle)
+                rows = await self.engine.all(sql, flow_id, flow_id, name, dumps(args), quota, username, now, now,
+                                             caps.journal_entries, caps.journal_bytes, bundle)
+                self.engine.note("runnable")
         if not rows:
             raise NotFoundError(f"no bundle {bundle}")
         return flow_json(rows[0])
 
     async def start_child(self, parent: Row, args: dict[str, Any]) -> dict[str, Any]:
-        """Answer a ``run`` request: the child starts in the parent's bundle, quota and user."""
+        """Answer a ``run`` request: the child starts in the parent's bundle, quota and user, unless a
+        hard limit of the quota's ancestry refuses it (then the ``run`` fails, and no child exists)."""
         spec = args["flow"]
         child_id = new_id()
         now = time.time()
         entry = {"module": spec["module"], "function": spec["function"], "resources": args.get("resources") or {}}
+        try:
+            caps = await self.quotas.plan_start(parent["quota"]) or await self.quotas.admit(parent["quota"], None)
+        except QuotaError as exc:
+            return jr.err(f"run {spec['name']}: {exc}")
         await self.engine.execute(
             "INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, created, "
-            "updated, runnable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 1)",
+            "updated, runnable, journal_cap, bytes_cap) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 1, ?, ?)",
             child_id, parent["id"], parent["root"], spec["name"], parent["bundle"], dumps(entry),
             dumps(args.get("args") or {}), parent["quota"], parent["username"], now, now,
+            caps.journal_entries, caps.journal_bytes,
         )
         self.engine.note("runnable")
         return jr.ok({"flow_id": child_id, "flow": spec["name"]})
@@ -62,10 +82,13 @@ class Flows:
 
     async def list_flows(
         self, status: str | None = None, root: str | None = None, quota: str = "/", limit: int = 500,
-        roots_only: bool = False,
+        roots_only: bool = False, username: str | None = None,
     ) -> list[dict[str, Any]]:
         sql = "SELECT * FROM flows WHERE 1 = 1"
         params: list[Any] = []
+        if username is not None:
+            sql += " AND username = ?"
+            params.append(username)
         if status:
             sql += " AND status = ?"
             params.append(status)
@@ -115,7 +138,7 @@ class Flows:
             "lease_expires = NULL, runnable = 0 WHERE id = ? AND parent IS NULL AND lease_owner = ? "
             "AND lease_epoch = ? AND status NOT IN ('completed', 'failed', 'cancelled') RETURNING id",
             (status, dumps(result), None if error is None else dumps(error), now, now, flow_id, worker, epoch),
-            notes={("finished", flow_id)},
+            notes={("finished", flow_id), ("runnable",)} if self.quotas.running_limited else {("finished", flow_id)},
         )
         if ended:
             return
@@ -147,6 +170,7 @@ class Flows:
             status, dumps(result), None if error is None else dumps(error), now, now, flow_id,
         )
         self.engine.note("finished", flow_id)  # (the flow_finished trigger records the event)
+        self.quotas.room_freed()
         if flow["parent"] is None:
             return
         for row in await self.engine.all(

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from grid_local.db.engine import Row, SqliteEngine, loads
+from grid_local.db.quotas import Quotas
 from grid_local.db.results import record_once
 from grid_local.db.rows import flow_json, journal_entry
 from grid_local.errors import LeaseLostError, NotFoundError
@@ -32,27 +33,33 @@ def check_held(row: Row | None, flow_id: str, worker: str, epoch: int) -> Row:
 
 
 class Leases:
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: SqliteEngine, quotas: Quotas) -> None:
         self.engine = engine
+        self.quotas = quotas
 
     # -- flows leased to workers ----------------------------------------------------------------
 
     async def claim(self, worker: str, limit: int) -> list[dict[str, Any]]:
         """Lease up to ``limit`` runnable flows to ``worker``; returns their tasks with journals.
 
-        One UPDATE ... RETURNING leases them all and one SELECT reads their journals, however many."""
+        Which flows is the quota tree's to say (``Quotas.pick``: fair across nodes, none past a running
+        limit); one UPDATE ... RETURNING leases them all and one SELECT reads their journals."""
         if await self.engine.one("SELECT 1 FROM flows WHERE runnable = 1 AND lease_owner IS NULL LIMIT 1") is None:
             return []  # a read first: woken claimers must not queue for the write lock for nothing
         now = time.time()
         async with self.engine.transaction():
+            picked = await self.quotas.pick(limit)  # fair across quota nodes, within running limits
+            if not picked:
+                return []
             rows = await self.engine.all(
                 "UPDATE flows SET lease_owner = ?, lease_expires = ?, lease_epoch = lease_epoch + 1, runnable = 0, "
-                "status = 'running', updated = ? WHERE id IN (SELECT id FROM flows WHERE runnable = 1 "
-                "AND lease_owner IS NULL ORDER BY created LIMIT ?) RETURNING *",
-                worker, now + LEASE_SECONDS, now, limit,
+                f"status = 'running', updated = ? WHERE id IN ({','.join('?' * len(picked))}) AND runnable = 1 "
+                "AND lease_owner IS NULL RETURNING *",
+                worker, now + LEASE_SECONDS, now, *picked,
             )
             if not rows:
                 return []
+            caps = await self.quotas.worker_caps({row["quota"] for row in rows})
             journals: dict[str, list[dict[str, Any]]] = {row["id"]: [] for row in rows}
             marks = ",".join("?" * len(rows))
             for entry in await self.engine.all(
@@ -60,12 +67,14 @@ class Leases:
             ):
                 journals[entry["flow_id"]].append(journal_entry(entry).to_json())
             tasks = []
-            for row in sorted(rows, key=lambda r: r["created"]):
+            order = {flow_id: n for n, flow_id in enumerate(picked)}
+            for row in sorted(rows, key=lambda r: order[r["id"]]):
                 entries = journals[row["id"]]
                 self.engine.event(row["id"], row["root"], "flow",
                                   {"status": "running", "worker": worker, "replay": len(entries), "name": row["name"]})
                 task = flow_json(row)
-                task.update(lease=f"{worker}:{row['lease_epoch']}", epoch=row["lease_epoch"], journal=entries)
+                task.update(lease=f"{worker}:{row['lease_epoch']}", epoch=row["lease_epoch"], journal=entries,
+                            caps=caps[row["quota"]])
                 tasks.append(task)
             return tasks
 
@@ -83,6 +92,7 @@ class Leases:
             self.engine.event(flow_id, flow["root"], "flow", {"status": "waiting", "name": flow["name"]})
             if runnable:
                 self.engine.note("runnable")
+            self.quotas.room_freed()
 
     async def heartbeat(self, worker: str, flow_ids: list[str]) -> list[str]:
         """Extend the worker's leases; returns the held flows it must stop (cancelled or lost)."""

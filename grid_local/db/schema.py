@@ -199,4 +199,42 @@ MIGRATIONS: list[str] = [
         now         REAL NOT NULL
     );
     """,
+    # 5: the quota tree: a node per path with its limits (NULL: none) and its share of the claim
+    # order; each flow carries the journal caps of its ancestry (stamped when it starts) and, when it
+    # has a byte cap, the bytes its journal holds (counted by triggers, in the journal's statement)
+    """
+    CREATE TABLE quota_nodes (
+        path            TEXT PRIMARY KEY,
+        running         INTEGER CHECK (running >= 0),
+        rate            INTEGER CHECK (rate >= 0),
+        live            INTEGER CHECK (live >= 0),
+        journal_entries INTEGER CHECK (journal_entries >= 0),
+        journal_bytes   INTEGER CHECK (journal_bytes >= 0),
+        bundle_bytes    INTEGER CHECK (bundle_bytes >= 0),
+        eval_budget     REAL CHECK (eval_budget > 0),
+        share           INTEGER NOT NULL DEFAULT 1 CHECK (share >= 1),
+        open            INTEGER NOT NULL DEFAULT 1 CHECK (open IN (0, 1)),
+        created         REAL NOT NULL,
+        updated         REAL NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO quota_nodes (path, created, updated) VALUES ('/', 0, 0);
+    ALTER TABLE flows ADD COLUMN journal_cap INTEGER;
+    ALTER TABLE flows ADD COLUMN bytes_cap INTEGER;
+    ALTER TABLE flows ADD COLUMN journal_bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX flows_status_quota ON flows(status, quota);
+    CREATE INDEX flows_quota_created ON flows(quota, created);
+    CREATE TRIGGER journal_bytes_requested AFTER INSERT ON journal
+    WHEN (SELECT bytes_cap FROM flows WHERE id = NEW.flow_id) IS NOT NULL
+    BEGIN
+        UPDATE flows SET journal_bytes = journal_bytes + length(CAST(NEW.args AS BLOB))
+                                      + COALESCE(length(CAST(NEW.result AS BLOB)), 0)
+        WHERE id = NEW.flow_id;
+    END;
+    CREATE TRIGGER journal_bytes_answered AFTER UPDATE OF result ON journal
+    WHEN OLD.result IS NULL AND NEW.result IS NOT NULL
+         AND (SELECT bytes_cap FROM flows WHERE id = NEW.flow_id) IS NOT NULL
+    BEGIN
+        UPDATE flows SET journal_bytes = journal_bytes + length(CAST(NEW.result AS BLOB)) WHERE id = NEW.flow_id;
+    END;
+    """,
 ]

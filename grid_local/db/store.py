@@ -11,11 +11,14 @@ It only wires the parts together; each query lives with its concern:
   leases.py    flows leased to workers, requests leased to connectors, expiry
   events.py    the event log
   triggers.py  webhooks and their deliveries, schedules and their fires
+  quotas.py    quota nodes, their limits, admission of starts, the fair claim order, usage
+  reasons.py   why a flow is not running now
   rows.py      rows turned into the records the APIs answer
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +29,8 @@ from grid_local.db.events import Events
 from grid_local.db.flows import Flows
 from grid_local.db.inboxes import Inboxes
 from grid_local.db.leases import EXECUTOR_GRACE, LEASE_SECONDS, Leases
+from grid_local.db.quotas import Quotas, cancel_subtree
+from grid_local.db.reasons import Reasons
 from grid_local.db.rows import FINISHED, new_id
 from grid_local.db.triggers import TriggerStore
 
@@ -39,12 +44,16 @@ class FlowStore:
         self.engine = engine
         self.path = engine.path
         bundles = Bundles(engine)
-        flows = Flows(engine)
+        quotas = Quotas(engine)
+        flows = Flows(engine, quotas)
         inboxes = Inboxes(engine)
         entries = Entries(engine, flows, inboxes)
-        leases = Leases(engine)
+        leases = Leases(engine, quotas)
         events = Events(engine)
         self.triggers = TriggerStore(engine, inboxes, flows)  # webhooks and schedules
+        self.quotas = quotas  # the quota tree (nodes, limits, usage)
+        self.why = Reasons(engine, quotas).why
+        self.cancel_subtree = functools.partial(cancel_subtree, engine, flows.end)
 
         # the Client API
         self.put_bundle = bundles.put_bundle

@@ -8,6 +8,7 @@ the worker's leases and stops flows that were cancelled or lost.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -32,6 +33,14 @@ from grid_local.runtime.sources import MappingSource
 
 HEARTBEAT_SECONDS = 2.0
 CRASH_ENV = "FLOWMETAL_TEST_CRASH_AFTER_APPENDS"
+
+
+def capped(limits: Limits, caps: dict[str, Any]) -> Limits:
+    """A bundle's [limits] within its quota tree's caps (``eval_budget``, from the claim)."""
+    budget = caps.get("eval_budget")
+    if budget is None or budget >= limits.eval_budget:
+        return limits
+    return dataclasses.replace(limits, eval_budget=float(budget))
 
 
 class WorkerApiPort:
@@ -158,6 +167,7 @@ class Worker:
         )
         try:
             tree, limits = self._sources(data["bundle"])
+            limits = capped(limits, data.get("caps") or {})
             execution = FlowExecution(task, tree, self.port, limits)
             with self._lock:
                 self.running[task.flow_id] = execution

@@ -1,0 +1,237 @@
+"""Quota nodes in the Flow DB: their limits, admission of starts, the fair claim order, usage.
+
+The rules themselves (paths, roles, the fair pick) are pure functions in ``grid_local/quota_tree.py``;
+this module reads and writes what they need. A limit on a node holds for its whole subtree:
+
+- hard limits (``live``, ``rate``, ``bundle_bytes``) are checked inside the start's transaction,
+  so a refused start (``QuotaError``) writes nothing;
+- ``running`` is applied by the claim: a flow whose ancestry is at its limit stays ``pending``;
+- ``journal_entries`` and ``journal_bytes`` are stamped on each flow when it starts (its
+  ``journal_cap``/``bytes_cap``) and refused by the journal append;
+- ``eval_budget`` caps what a bundle's ``[limits]`` may ask for (handed to the worker with the claim).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from grid_local import quota_tree as qt
+from grid_local.db.engine import Row, SqliteEngine
+from grid_local.errors import QuotaError
+
+LIVE = "('pending', 'running', 'waiting')"
+HARD = ("live", "rate", "bundle_bytes")
+NODE_FIELDS = (*qt.LIMITS, "share", "open")
+RUNNING_NOW = (
+    # Running flows, without those parked on an open `wait` for their children: a parent waiting on
+    # its children does not do work, and counting it would let a fan-out under a limit starve itself.
+    "SELECT quota, COUNT(*) AS n FROM flows f WHERE status = 'running' AND NOT EXISTS "
+    "(SELECT 1 FROM journal j WHERE j.flow_id = f.id AND j.kind = 'wait' AND j.result IS NULL) GROUP BY quota"
+)
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What a starting flow carries of its ancestry's limits (None: no limit)."""
+
+    journal_entries: int | None = None
+    journal_bytes: int | None = None
+
+
+def node_json(row: Row | dict[str, Any]) -> dict[str, Any]:
+    return {"path": row["path"], "limits": {k: row[k] for k in qt.LIMITS if row[k] is not None},
+            "share": row["share"], "open": bool(row["open"])}
+
+
+class Quotas:
+    def __init__(self, engine: SqliteEngine) -> None:
+        self.engine = engine
+        self.running_limited = True
+        """Whether some node limits running flows, as the last claim saw it: then a flow that stops
+        running frees room a pending flow may be waiting for, and wakes the claimers."""
+
+    # -- nodes ----------------------------------------------------------------------------------
+
+    async def nodes(self, paths: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        if paths is None:
+            rows = await self.engine.all("SELECT * FROM quota_nodes")
+        else:
+            rows = await self.engine.all(
+                f"SELECT * FROM quota_nodes WHERE path IN ({','.join('?' * len(paths))})", *paths)
+        return {r["path"]: dict(r) for r in rows}
+
+    async def get_node(self, path: str) -> dict[str, Any] | None:
+        row = await self.engine.one("SELECT * FROM quota_nodes WHERE path = ?", path)
+        return None if row is None else node_json(row)
+
+    async def set_node(self, path: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Create the node (and missing ancestors) if needed and apply ``changes`` (a limit set to
+        None is removed). Returns the node."""
+        unknown = set(changes) - set(NODE_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown quota settings: {', '.join(sorted(unknown))}")
+        now = time.time()
+        async with self.engine.transaction():
+            await self._create_missing(path, now, explicit=True)
+            if changes:
+                sets = ", ".join(f"{k} = ?" for k in changes)
+                await self.engine.execute(f"UPDATE quota_nodes SET {sets}, updated = ? WHERE path = ?",
+                                          *[int(v) if k == "open" else v for k, v in changes.items()], now, path)
+            self.engine.note("runnable")  # a raised running limit may let pending flows start
+        node = await self.get_node(path)
+        assert node is not None
+        return node
+
+    async def _create_missing(self, path: str, now: float, explicit: bool) -> None:
+        """Create ``path`` and its missing ancestors (inside the caller's transaction). On first use
+        (not ``explicit``) the nearest existing ancestor must be open to children."""
+        chain = qt.ancestry(path)
+        existing = await self.nodes(chain)
+        missing = [p for p in chain if p not in existing]
+        if not missing:
+            return
+        if not explicit:
+            nearest = next(p for p in chain if p in existing)
+            if not existing[nearest]["open"]:
+                raise QuotaError(f"quota node {path} does not exist, and {nearest} does not create nodes on "
+                                 f"first use (an admin of {nearest} creates it with `flowmetal quota set`)", 403)
+        for node in reversed(missing):
+            await self.engine.execute("INSERT OR IGNORE INTO quota_nodes (path, created, updated) VALUES (?, ?, ?)",
+                                      node, now, now)
+
+    # -- admission of a start ---------------------------------------------------------------------
+
+    async def plan_start(self, quota: str) -> Caps | None:
+        """The caps a flow starting in ``quota`` carries when its start needs no check (its nodes all
+        exist and none of them sets a hard limit), else None: then ``admit`` inside a transaction."""
+        chain = qt.ancestry(quota)
+        nodes = await self.nodes(chain)
+        if len(nodes) < len(chain) or any(nodes[p][k] is not None for p in chain for k in HARD):
+            return None
+        return self._caps(nodes, quota)
+
+    def _caps(self, nodes: dict[str, dict[str, Any]], quota: str) -> Caps:
+        entries = qt.tightest(nodes, quota, "journal_entries")
+        size = qt.tightest(nodes, quota, "journal_bytes")
+        return Caps(None if entries is None else int(entries[0]), None if size is None else int(size[0]))
+
+    async def admit(self, quota: str, bundle: str | None) -> Caps:
+        """Check a start against every ancestor's hard limits, inside the start's transaction;
+        raises QuotaError (429 with Retry-After, 413 for the bundle's size, 403 for a closed parent)."""
+        now = time.time()
+        await self._create_missing(quota, now, explicit=False)
+        chain = qt.ancestry(quota)
+        nodes = await self.nodes(chain)
+        for node in chain:
+            limits = nodes[node]
+            if limits["bundle_bytes"] is not None and bundle is not None:
+                row = await self.engine.one("SELECT size FROM bundles WHERE digest = ?", bundle)
+                if row is not None and row["size"] > limits["bundle_bytes"]:
+                    raise QuotaError(f"quota {node}: the bundle is {row['size']} bytes, over the limit of "
+                                     f"{limits['bundle_bytes']} bundle bytes", 413)
+            if limits["live"] is not None:
+                live = (await self.engine.the(
+                    f"SELECT COUNT(*) AS n FROM flows WHERE status IN {LIVE} AND {qt.subtree_sql()}",
+                    *qt.subtree_params(node)))["n"]
+                if live >= limits["live"]:
+                    raise QuotaError(qt.describe(node, "live", live, limits["live"]), 429, retry_after=5.0)
+            if limits["rate"] is not None:
+                recent = await self.engine.all(
+                    f"SELECT created FROM flows WHERE created > ? AND {qt.subtree_sql()} ORDER BY created DESC "
+                    "LIMIT ?", now - 60.0, *qt.subtree_params(node), limits["rate"] + 1)
+                if len(recent) >= limits["rate"]:
+                    oldest = recent[limits["rate"] - 1]["created"] if limits["rate"] else now
+                    raise QuotaError(qt.describe(node, "rate", len(recent), limits["rate"]), 429,
+                                     retry_after=max(oldest + 60.0 - now, 1.0))
+        return self._caps(nodes, quota)
+
+    # -- the claim order ------------------------------------------------------------------------
+
+    async def pick(self, limit: int) -> list[str]:
+        """Which runnable flows to lease now (inside the claim's transaction): fair across nodes,
+        none whose ancestry is at its running limit (``quota_tree.fair_pick``)."""
+        queued = [qt.Queued(r["id"], r["quota"], r["created"]) for r in await self.engine.all(
+            "SELECT id, quota, created FROM (SELECT id, quota, created, ROW_NUMBER() OVER "
+            "(PARTITION BY quota ORDER BY created) AS pos FROM flows WHERE runnable = 1 AND lease_owner IS NULL) "
+            "WHERE pos <= ?", limit)]
+        if not queued:
+            return []
+        nodes = await self.engine.all(
+            "SELECT path, running, share FROM quota_nodes WHERE running IS NOT NULL OR share != 1")
+        running_limits = {r["path"]: r["running"] for r in nodes if r["running"] is not None}
+        self.running_limited = bool(running_limits)
+        if not running_limits and len({f.quota for f in queued}) == 1:
+            return [f.id for f in sorted(queued, key=lambda f: f.created)[:limit]]  # one node: oldest first
+        running = await self.running_now()
+        return qt.fair_pick(queued, running, running_limits, {r["path"]: r["share"] for r in nodes}, limit)
+
+    def room_freed(self) -> None:
+        """A flow stopped running (ended, suspended): under a running limit, pending flows may start."""
+        if self.running_limited:
+            self.engine.note("runnable")
+
+    async def running_now(self) -> dict[str, int]:
+        return {r["quota"]: r["n"] for r in await self.engine.all(RUNNING_NOW)}
+
+    async def worker_caps(self, quotas: set[str]) -> dict[str, dict[str, Any]]:
+        """Per quota node, the caps a worker applies to a flow's evaluation (``eval_budget``)."""
+        chains = {q: qt.ancestry(q) for q in quotas}
+        nodes = await self.nodes(sorted({p for chain in chains.values() for p in chain}))
+        caps: dict[str, dict[str, Any]] = {}
+        for quota in quotas:
+            found = qt.tightest(nodes, quota, "eval_budget")
+            caps[quota] = {} if found is None else {"eval_budget": found[0], "eval_budget_node": found[1]}
+        return caps
+
+    # -- usage ----------------------------------------------------------------------------------
+
+    async def tree(self, root: str) -> list[dict[str, Any]]:
+        """Every node at or below ``root`` with its limits and its usage rolled up its subtree
+        (running, pending, waiting, started in the last minute), parents before children."""
+        params = qt.subtree_params(root)
+        rows = await self.engine.all(f"SELECT * FROM quota_nodes WHERE {qt.subtree_sql('path')}", *params)
+        nodes = {r["path"]: node_json(r) for r in rows}
+        usage_rows = await self.engine.all(
+            f"SELECT quota, status, COUNT(*) AS n FROM flows WHERE status IN {LIVE} AND {qt.subtree_sql()} "
+            "GROUP BY quota, status", *params)
+        recent_rows = await self.engine.all(
+            f"SELECT quota, COUNT(*) AS n FROM flows WHERE created > ? AND {qt.subtree_sql()} GROUP BY quota",
+            time.time() - 60.0, *params)
+        for quota in {r["quota"] for r in usage_rows} | {r["quota"] for r in recent_rows}:
+            for node in qt.ancestry(quota):  # flows older than the tree: their nodes are implied
+                if qt.under(node, root) and node not in nodes:
+                    nodes[node] = {"path": node, "limits": {}, "share": 1, "open": True, "implied": True}
+        for record in nodes.values():
+            record["usage"] = {"running": 0, "pending": 0, "waiting": 0, "live": 0, "rate": 0}
+
+        def add(quota: str, key: str, n: int) -> None:
+            for path in qt.ancestry(quota):
+                if path in nodes:
+                    nodes[path]["usage"][key] += n
+
+        for r in usage_rows:
+            add(r["quota"], r["status"], r["n"])
+            add(r["quota"], "live", r["n"])
+        for r in recent_rows:
+            add(r["quota"], "rate", r["n"])
+        return [nodes[p] for p in sorted(nodes, key=lambda p: p.split("/")[1:] if p != "/" else [])
+                if qt.under(p, root)]
+
+
+async def cancel_subtree(engine: SqliteEngine, end: Any, node: str, username: str | None, reason: str) -> list[str]:
+    """Cancel every live flow in the subtree at ``node`` (only ``username``'s when given) in one
+    transaction; ``end`` is ``Flows.end`` (it answers a parent waiting on a cancelled child)."""
+    sql = f"SELECT * FROM flows WHERE status IN {LIVE} AND {qt.subtree_sql()}"
+    params: list[Any] = list(qt.subtree_params(node))
+    if username is not None:
+        sql += " AND username = ?"
+        params.append(username)
+    async with engine.transaction():
+        rows = await engine.all(sql + " ORDER BY created", *params)
+        for row in rows:
+            current = await engine.one("SELECT * FROM flows WHERE id = ?", row["id"])
+            if current is not None and current["status"] in ("pending", "running", "waiting"):
+                await end(current, "cancelled", error={"message": reason, "traceback": ""})
+        return [row["id"] for row in rows]

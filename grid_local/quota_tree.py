@@ -1,0 +1,210 @@
+"""The quota tree's rules, with no I/O: node paths, limits, who may do what, the fair claim order.
+
+Every flow belongs to a node (``/``, ``/acme``, ``/acme/ci``). A limit set on a node holds for the
+whole subtree below it, so a flow counts against its own node and every ancestor. The Flow DB
+queries that apply these rules live in ``grid_local/db/quotas.py``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+LIMITS: dict[str, str] = {
+    "running": "running flows",
+    "rate": "flows started per minute",
+    "live": "live flows (pending, running, waiting)",
+    "journal_entries": "journal entries per flow",
+    "journal_bytes": "journal bytes per flow",
+    "bundle_bytes": "bundle bytes",
+    "eval_budget": "seconds of evaluation budget per flow",
+}
+"""Every limit a node may set, with the words a refusal uses for it."""
+
+ROLES = ("viewer", "member", "admin")
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_DEPTH = 16
+
+
+class QuotaPathError(ValueError):
+    """A quota node path that is not one."""
+
+
+def normalize(path: str) -> str:
+    """``acme/ci/`` -> ``/acme/ci``; refuses segments such as ``..`` or names with spaces."""
+    parts = [p for p in str(path).strip().split("/") if p]
+    if len(parts) > MAX_DEPTH:
+        raise QuotaPathError(f"quota node {path!r} is deeper than {MAX_DEPTH} levels")
+    for part in parts:
+        if not _SEGMENT.match(part):
+            raise QuotaPathError(f"quota node {path!r}: {part!r} is not a node name "
+                                 "(letters, digits, '.', '_', '-'; at most 64)")
+    return "/" + "/".join(parts)
+
+
+def parent_of(path: str) -> str | None:
+    if path == "/":
+        return None
+    head = path.rsplit("/", 1)[0]
+    return head or "/"
+
+
+def ancestry(path: str) -> list[str]:
+    """The node and every ancestor, nearest first: ``/acme/ci`` -> ``/acme/ci, /acme, /``."""
+    found = [path]
+    while (parent := parent_of(found[-1])) is not None:
+        found.append(parent)
+    return found
+
+
+def under(path: str, node: str) -> bool:
+    """Whether ``path`` lies in the subtree at ``node`` (itself included)."""
+    return node == "/" or path == node or path.startswith(node + "/")
+
+
+def subtree_sql(column: str = "quota") -> str:
+    """A condition on ``column`` for "in the subtree at ?" that an index can serve (two parameters:
+    ``subtree_params(node)``): '/' sorts just before '0', so the subtree is one key range."""
+    return f"({column} = ? OR ({column} > ? AND {column} < ?))"
+
+
+def subtree_params(node: str) -> tuple[str, str, str]:
+    if node == "/":
+        return ("/", "/", "\U0010ffff")
+    return (node, node + "/", node + "0")
+
+
+# -- limits --------------------------------------------------------------------------------------
+
+def parse_rate(text: str) -> int:
+    """``30``, ``30/m``, ``30/min`` or ``2/s`` -> flows per minute."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:/\s*(s|sec|m|min|h|hour))?\s*", str(text))
+    if not match:
+        raise ValueError(f"rate {text!r}: expected N/m (flows per minute), N/s or N/h")
+    count, unit = int(match[1]), (match[2] or "m")
+    if unit in ("s", "sec"):
+        return count * 60
+    if unit in ("h", "hour"):
+        return max(count // 60, 1) if count else 0
+    return count
+
+
+def describe(node: str, limit: str, used: float, allowed: float) -> str:
+    """``quota /acme: 10 of 10 running flows``: how every refusal and every reason names a limit."""
+    return f"quota {node}: {used:g} of {allowed:g} {LIMITS[limit]}"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    node: str
+    limit: str
+    used: float
+    allowed: float
+    retry_after: float | None = None
+
+    @property
+    def message(self) -> str:
+        return describe(self.node, self.limit, self.used, self.allowed)
+
+
+def tightest(nodes: Mapping[str, Mapping[str, Any]], path: str, limit: str) -> tuple[float, str] | None:
+    """The smallest value of ``limit`` set on ``path`` or an ancestor, and the node that sets it."""
+    best: tuple[float, str] | None = None
+    for node in ancestry(path):
+        value = (nodes.get(node) or {}).get(limit)
+        if value is not None and (best is None or value < best[0]):
+            best = (value, node)
+    return best
+
+
+# -- roles ---------------------------------------------------------------------------------------
+
+def may_set_limits(role: str, own_node: str, target: str) -> bool:
+    """An admin sets limits strictly below its node; its own node is its parent admin's to set."""
+    return role == "admin" and target != own_node and under(target, own_node)
+
+
+def may_start_in(role: str, own_node: str, target: str) -> bool:
+    """A member starts flows in its node; an admin in its node or anywhere below it."""
+    if role == "member":
+        return target == own_node
+    return role == "admin" and under(target, own_node)
+
+
+def may_see(role: str, own_node: str, user: str, flow_quota: str, flow_user: str) -> bool:
+    """Admins and viewers see their subtree; a member sees its own flows there."""
+    if not under(flow_quota, own_node):
+        return False
+    return role != "member" or flow_user == user
+
+
+def may_steer(role: str, own_node: str, user: str, flow_quota: str, flow_user: str) -> bool:
+    """Cancel, message, inject: an admin in its subtree, a member its own flows, a viewer nothing."""
+    if role == "viewer" or not under(flow_quota, own_node):
+        return False
+    return role == "admin" or flow_user == user
+
+
+# -- the fair claim order ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Queued:
+    id: str
+    quota: str
+    created: float
+
+
+def fair_pick(queued: Iterable[Queued], running: Mapping[str, int], running_limits: Mapping[str, int],
+              shares: Mapping[str, int], limit: int) -> list[str]:
+    """Which queued flows to lease now, at most ``limit``, in order.
+
+    Each node that holds queued flows is served in turn: the next flow comes from the node with the
+    fewest running flows for its share (``running / share``, ties to the oldest flow), so a node
+    flooded with queued work cannot delay a sibling's next flow. A flow is skipped while any node of
+    its ancestry is at its ``running`` limit; it stays pending and starts when they all have room.
+    """
+    heads: dict[str, list[Queued]] = {}
+    for flow in sorted(queued, key=lambda f: f.created, reverse=True):
+        heads.setdefault(flow.quota, []).append(flow)  # oldest last: pop() takes it
+    used: dict[str, int] = {}
+    for quota, count in running.items():
+        for node in ancestry(quota):
+            if node in running_limits:
+                used[node] = used.get(node, 0) + count
+    taken: dict[str, int] = {}
+
+    def priority(quota: str) -> tuple[float, float]:
+        share = max(shares.get(quota, 1), 1)
+        return ((running.get(quota, 0) + taken.get(quota, 0)) / share, heads[quota][-1].created)
+
+    order = [(priority(q), q) for q in heads]
+    heapq.heapify(order)
+    picked: list[str] = []
+    while order and len(picked) < limit:
+        _, quota = heapq.heappop(order)
+        limited = [n for n in ancestry(quota) if n in running_limits]
+        if any(used.get(n, 0) >= running_limits[n] for n in limited):
+            continue  # this node waits until its ancestry has room
+        flow = heads[quota].pop()
+        picked.append(flow.id)
+        taken[quota] = taken.get(quota, 0) + 1
+        for node in limited:
+            used[node] = used.get(node, 0) + 1
+        if heads[quota]:
+            heapq.heappush(order, (priority(quota), quota))
+    return picked
+
+
+def blocking_limit(quota: str, running: Mapping[str, int], running_limits: Mapping[str, int]) -> Refusal | None:
+    """The first node of ``quota``'s ancestry (nearest first) whose running limit is reached."""
+    for node in ancestry(quota):
+        if node not in running_limits:
+            continue
+        used = sum(n for q, n in running.items() if under(q, node))
+        if used >= running_limits[node]:
+            return Refusal(node, "running", used, running_limits[node])
+    return None
