@@ -28,6 +28,8 @@ ROLES = ("viewer", "member", "admin")
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_DEPTH = 16
+NODE_PATTERN = r"^/?(?:[A-Za-z0-9][A-Za-z0-9._-]{0,63}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,63}){0,15})?/?$"
+"""What a quota node path looks like (for API schemas; ``normalize`` applies the same rule)."""
 
 
 class QuotaPathError(ValueError):

@@ -38,6 +38,7 @@ from grid_local.bundle_format import MAX_BUNDLE_BYTES, read_bundle
 from grid_local.db.store import FINISHED, FlowStore
 from grid_local.errors import ArgumentError, BundleError, NotFoundError, QuotaError, StoreError
 from grid_local.home import GridPaths, parent_pid, pid_alive
+from grid_local.quota_tree import NODE_PATTERN
 from grid_local.runtime.journal import check_json
 
 MAX_JSON_BODY = 1024 * 1024
@@ -72,7 +73,7 @@ class StartFlow(BaseModel):
     bundle: str = Field(description="Digest of an uploaded bundle (sha256:...)")
     args: dict[str, Any] = Field(default_factory=dict, description="Arguments of the root flow")
     name: str | None = Field(default=None, description="Display name (default: the entry script)")
-    quota: str | None = Field(default=None, max_length=1100,
+    quota: str | None = Field(default=None, max_length=1100, pattern=NODE_PATTERN,
                               description="The quota node to start in (default: the caller's; an admin may name one below)")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from grid_local import quota_tree as qt
@@ -17,6 +17,9 @@ from grid_local.api.roles import Identity, refuse, require_writer
 
 if TYPE_CHECKING:
     from grid_local.api.client_api import ClientApi
+
+
+NODE_PATH = Path(max_length=1100, pattern=qt.NODE_PATTERN, description="The node, e.g. acme/ci")
 
 
 class QuotaSettings(BaseModel):
@@ -34,7 +37,7 @@ class QuotaSettings(BaseModel):
 
 
 class CancelSubtree(BaseModel):
-    node: str = Field(min_length=1, max_length=1100)
+    node: str = Field(min_length=1, max_length=1100, pattern=qt.NODE_PATTERN, description="The subtree's node")
 
 
 def _node(path: str) -> str:
@@ -56,14 +59,14 @@ def quotas_router(api: "ClientApi") -> APIRouter:
 
     @router.get("/v1/quota/tree", summary="The quota tree at a node: limits and usage rolled up",
                 responses=answers(403))
-    async def tree(node: str | None = Query(default=None, max_length=1100), who: Identity = ident) -> dict[str, Any]:
+    async def tree(node: str | None = Query(default=None, max_length=1100, pattern=qt.NODE_PATTERN), who: Identity = ident) -> dict[str, Any]:
         root = who.quota if node is None else _node(node)
         _visible_node(root, who)
         return {"node": root, "nodes": await api.db.quotas.tree(root)}
 
     @router.get("/v1/quota/nodes/{path:path}", summary="One quota node: its limits and usage",
                 responses=answers(403, 404))
-    async def show(path: str, who: Identity = ident) -> dict[str, Any]:
+    async def show(path: str = NODE_PATH, who: Identity = ident) -> dict[str, Any]:
         node = _node(path)
         _visible_node(node, who)
         found = await api.db.quotas.tree(node)
@@ -78,8 +81,8 @@ def quotas_router(api: "ClientApi") -> APIRouter:
         return {**found[0], "effective": inherited}
 
     @router.put("/v1/quota/nodes/{path:path}", summary="Create a quota node or change its limits (admins, below their node)",
-                responses=answers(403, 413, 507))
-    async def set_node(path: str, body: QuotaSettings, who: Identity = ident) -> dict[str, Any]:
+                responses=answers(400, 403, 413, 507))
+    async def set_node(body: QuotaSettings, path: str = NODE_PATH, who: Identity = ident) -> dict[str, Any]:
         node = _node(path)
         require_writer(who, "set quota limits")
         if not qt.may_set_limits(who.role, who.quota, node):
@@ -91,7 +94,7 @@ def quotas_router(api: "ClientApi") -> APIRouter:
         return await api.db.quotas.set_node(node, changes)
 
     @router.post("/v1/quota/cancel", summary="Cancel every live flow in a subtree (an admin's; a member's own)",
-                 responses=answers(403, 413, 507))
+                 responses=answers(400, 403, 413, 507))
     async def cancel_subtree(body: CancelSubtree, who: Identity = ident) -> dict[str, Any]:
         node = _node(body.node)
         _visible_node(node, who)
