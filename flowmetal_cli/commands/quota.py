@@ -81,7 +81,14 @@ def show(
     context: ContextOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """One node: its own limits, the limits that hold for it (set here or above), and its usage."""
+    """One node: its own limits, the limits that hold for it (set here or above), and its usage.
+
+    Examples:
+
+      flowmetal quota show /acme/ci
+
+      flowmetal quota show /acme/ci --json
+    """
     with console.edge():
         with connect(context) as client:
             found = client.quota_show(node)
