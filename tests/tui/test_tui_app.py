@@ -152,7 +152,7 @@ async def test_cancel_a_waiting_flow_and_filter_the_tree(grid: LocalGrid) -> Non
 
 
 async def test_delay_then_fail_the_next_action(grid: LocalGrid) -> None:
-    flow = grid.start("ticker.flow")  # ticks for a minute: still running when the injections are armed
+    flow = grid.start("ticker.flow")  # runs until the grid stops: still running when the injections are armed
     app = make_app(select=flow["id"])
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: status_of(app) == "running" and len(entries(app)) >= 1, "ticker.flow to run")
