@@ -157,6 +157,8 @@ class Containers:
             container_id = self._create(flow_id, name, spec)
         except (EngineUnavailable, SpecError) as exc:
             return jr.err(str(exc))
+        except Exception as exc:  # a spec the SDK refuses (memory = "lots"): an answer, never a lost request
+            return jr.err(f"docker.container: {_explain(exc)}")
         return jr.ok({
             "kind": "docker", "name": name, "flow_id": flow_id, "container": self.container_name(flow_id, name),
             "id": container_id[:12], "image": spec.get("image"), "spec": spec,
@@ -259,6 +261,8 @@ class Containers:
             return self._run(flow_id, cname, argv, args, timeout, reopened, log)
         except (EngineUnavailable, SpecError) as exc:
             return jr.err(str(exc))
+        except Exception as exc:  # whatever the engine or the SDK raised: an answer, never a lost request
+            return jr.err(f"docker.exec: {_explain(exc)}")
 
     def _find(self, resource: dict[str, Any]) -> tuple[str, str | None]:
         """The resource's container, running; re-created or restarted if it is not (and how, to say so)."""

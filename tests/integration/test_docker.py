@@ -314,20 +314,27 @@ load("pkg.flowmetal.io/docker/v1", "docker")
 def _impl(fctx):
     return 1
 
-boxed = flow(implementation = _impl, resources = {"box": lambda fctx: docker.container(image = fctx.args.image)})
+boxed = flow(implementation = _impl, resources = {
+    "box": lambda fctx: docker.container(image = fctx.args.image, memory = fctx.args.memory)})
 
 if __name__ == "__flow__":
-    boxed(image = fctx().args.image)
+    boxed(image = fctx().args.image, memory = fctx().args.memory)
 """
 
 
-def test_an_image_the_engine_cannot_get_fails_the_flow_clearly(docker_grid: Grid, docker_engine: Engine) -> None:
+@pytest.mark.parametrize("image, memory, said", [
+    ("flowmetal-test/never-built:0", "64m", "image flowmetal-test/never-built:0 is not on the engine"),
+    ("", "lots", "The specified value for memory (lots) should specify the units"),
+])
+def test_a_container_the_engine_cannot_make_fails_the_flow_clearly(
+    docker_grid: Grid, docker_engine: Engine, image: str, memory: str, said: str,
+) -> None:
     script = docker_grid.write("missing.flow", MISSING_IMAGE)
-    done = docker_grid.cli("run", "--arg", "image=flowmetal-test/never-built:0", str(script))
+    done = docker_grid.cli("run", "--arg", f"image={image or docker_engine.image}", "--arg", f"memory={memory}",
+                           str(script))
     assert done.returncode == 1
     first = done.stderr.splitlines()[0]
-    assert ("cannot open resource 'box': docker.container: image flowmetal-test/never-built:0 is not on the engine"
-            in first), done.stderr
+    assert f"cannot open resource 'box': docker.container: {said}" in first, done.stderr
     assert not docker_engine.containers_of(docker_grid.paths.home)
 
 
