@@ -47,8 +47,11 @@ class Workspaces:
         argv = [str(a) for a in args.get("argv") or []]
         if not argv:
             return jr.err("exec: no command given")
-        path = Path(str(resource.get("path", ""))).resolve()
-        if self.root not in path.parents or not path.is_dir():
+        # The folder is found again from the handle's flow and name, never from a path it carries
+        # (the Flow DB has already checked that the handle is one an open of this flow returned).
+        owner, name = str(resource.get("flow_id", "")), str(resource.get("name", ""))
+        path = self.root / owner / name
+        if not _NAME.match(owner) or not _NAME.match(name) or not path.is_dir():
             return jr.err(f"exec: workspace '{resource.get('name')}' is not open (it may have been closed)")
         timeout = float(args.get("timeout") or 60)
         try:

@@ -11,6 +11,7 @@ import time
 from typing import Any, NamedTuple
 
 from grid_local import quota_tree as qt
+from grid_local.db.authority import refusal
 from grid_local.db.engine import Row, SqliteEngine, dumps, loads
 from grid_local.db.flows import Flows
 from grid_local.db.inboxes import Inboxes
@@ -108,6 +109,8 @@ class Entries:
                 delay = float(flow["injection_seconds"])
             else:
                 result = jr.err(f"injected failure (flowmetal failure injection on {entry.kind})")
+        if result is None:  # a request outside the flow's authority fails here, touching nothing
+            result = await refusal(self.engine, flow, entry.kind, entry.args)
         if result is None and entry.kind == "sleep":
             deadline = now + max(float(entry.args.get("seconds") or 0), 0.0)
         elif result is None and entry.kind in ("receive", "wait") and entry.args.get("timeout") is not None:
