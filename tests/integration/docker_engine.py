@@ -83,8 +83,17 @@ class Engine:
             all=True, filters={"label": f"{LABEL_GRID}={grid_label(home)}"}, ignore_removed=True))
 
     def remove_all_of(self, home: Path) -> None:
-        for container in self.containers_of(home):
-            container.remove(force=True, v=True)
+        """Remove them (the grid's own sweep may be removing some at the same time)."""
+        import docker
+
+        deadline = time.monotonic() + 30
+        while (left := self.containers_of(home)) and time.monotonic() < deadline:
+            for container in left:
+                try:
+                    container.remove(force=True, v=True)
+                except docker.errors.APIError:  # gone already, or its removal is in progress
+                    pass
+            time.sleep(0.1)
 
 
 def _start_dockerd(log_dir: Path) -> subprocess.Popen[bytes] | None:

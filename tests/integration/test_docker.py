@@ -129,20 +129,23 @@ def test_open_exec_close(docker_grid: Grid, docker_engine: Engine) -> None:
 SLOW_STEP = """
 load("pkg.flowmetal.io/docker/v1", "docker")
 
-STEP = ["sh", "-c", "echo start >> /tmp/runs; sleep {seconds}; echo end >> /tmp/runs"]
+# The first run of the step takes {first} s, any later one 1 s; both write "start", then "end".
+STEP = ["sh", "-c", "echo start >> /tmp/runs; if mkdir /tmp/ran 2>/dev/null; then sleep {first}; else sleep 1; fi; "
+        + "echo end >> /tmp/runs"]
 
 def _job_impl(fctx):
     box = fctx.resources.box
-    first = docker.exec(box, STEP, timeout = 30, check = False)
+    first = docker.exec(box, STEP, timeout = 60, check = False)
     if not first.ok:
         print("retrying:", first.error)
-        docker.exec(box, STEP, timeout = 30)
-    return docker.exec(box, ["cat", "/tmp/runs"]).stdout
+        docker.exec(box, STEP, timeout = 60)
+    left = docker.exec(box, ["sh", "-c", "ps | grep -c '[s]leep {first}' || true"]).stdout.strip()
+    return docker.exec(box, ["cat", "/tmp/runs"]).stdout.replace("\\n", " ").strip() + " | left running: " + left
 
 job = flow(implementation = _job_impl, resources = {"box": lambda fctx: docker.container(image = fctx.args.image)})
 
 if __name__ == "__flow__":
-    print(job(image = fctx().args.image).replace("\\n", " ").strip())
+    print(job(image = fctx().args.image))
 """
 
 
@@ -161,30 +164,31 @@ def _in_first_step(grid: Grid, engine: Engine, root: str) -> tuple[dict[str, Any
 
 def test_worker_sigkilled_mid_exec_resumes_in_the_same_container(docker_grid: Grid, docker_engine: Engine) -> None:
     grid = docker_grid
-    root = grid.start(grid.write("step.flow", SLOW_STEP.replace("{seconds}", "2")), {"image": docker_engine.image})
+    root = grid.start(grid.write("step.flow", SLOW_STEP.replace("{first}", "3")), {"image": docker_engine.image})
     child, container = _in_first_step(grid, docker_engine, root)
     os.kill(int(child["worker"].rsplit(".", 1)[1]), signal.SIGKILL)
     assert grid.wait(root)["status"] == "completed"
-    assert grid.logs(root) == ["start end"], "the exec ran once, and its result reached the resumed flow"
+    assert grid.logs(root) == ["start end | left running: 0"], "the exec ran once; its result reached the resumed flow"
     execs = [e for e in journal_of(grid, child["id"]) if e["kind"] == "exec"]
-    assert len(execs) == 2 and execs[0]["result"]["ok"]
+    assert len(execs) == 3 and execs[0]["result"]["ok"]
     assert journal_of(grid, child["id"])[-1]["worker"] != child["worker"], "it finished on another worker"
     no_containers_left(docker_engine, grid)
 
 
 def test_executor_sigkilled_mid_exec_is_interrupted_killed_and_retried(docker_grid: Grid, docker_engine: Engine) -> None:
     grid = docker_grid
-    root = grid.start(grid.write("step.flow", SLOW_STEP.replace("{seconds}", "3")), {"image": docker_engine.image})
+    root = grid.start(grid.write("step.flow", SLOW_STEP.replace("{first}", "60")), {"image": docker_engine.image})
     child, container = _in_first_step(grid, docker_engine, root)
     connector = grid.processes("connector:resources")[0]
     os.kill(int(child["worker"].rsplit(".", 1)[1]), signal.SIGKILL)
     os.kill(connector["pid"], signal.SIGKILL)
     assert grid.wait(root)["status"] == "completed"
-    # Both runs wrote "start" in the same container; only the retry wrote "end": the first was killed.
-    assert grid.logs(root) == [f"retrying: {INTERRUPTED}", "start start end"]
+    # Both runs wrote "start" in the same container, only the retry wrote "end", and the first run's
+    # processes were killed before the retry began (its 60 s sleep is not running any more).
+    assert grid.logs(root) == [f"retrying: {INTERRUPTED}", "start start end | left running: 0"]
     journal = journal_of(grid, child["id"])
     execs = [e for e in journal if e["kind"] == "exec"]
-    assert execs[0]["result"]["error"] == INTERRUPTED and len(execs) == 3
+    assert execs[0]["result"]["error"] == INTERRUPTED and len(execs) == 4
     assert [e["args"]["text"] for e in journal if e["kind"] == "print"] == [f"retrying: {INTERRUPTED}"]
     assert [c.id for c in docker_engine.containers_of(grid.paths.home)] in ([container.id], [])
     no_containers_left(docker_engine, grid)
