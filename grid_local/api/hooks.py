@@ -56,7 +56,7 @@ def hooks_router(api: "ClientApi") -> APIRouter:
     answers = api.responses
 
     @router.post("/hooks/{name}", status_code=202, summary="Deliver a webhook (authenticated by its signature)",
-                 responses=answers(400, 401, 404, 413, 507))
+                 responses=answers(400, 401, 403, 404, 413, 429, 507))
     async def deliver(name: str, request: Request) -> JSONResponse:
         hook = await api.db.triggers.get_hook(name, with_secret=True)
         body = await read_limited(request, webhooks.MAX_BODY)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
+from grid_local.api.roles import require_writer
 from grid_local.errors import ArgumentError, NotFoundError
 from grid_local.runtime.journal import check_json
 from grid_local.triggers import cron
@@ -48,6 +49,7 @@ def schedules_router(api: "ClientApi") -> APIRouter:
     @router.put("/v1/schedules/{name}", summary="Create or replace a cron schedule of a deployment",
                 responses=answers(400, 403, 404, 413, 507))
     async def put_schedule(name: str, spec: ScheduleSpec, who: "Identity" = ident) -> dict[str, Any]:
+        require_writer(who, "manage schedules")
         problem = check_hook_name(name) or cron.check_schedule(spec.cron, spec.tz)
         if problem:
             raise HTTPException(422, problem)
@@ -76,24 +78,28 @@ def schedules_router(api: "ClientApi") -> APIRouter:
     @router.delete("/v1/schedules/{name}", summary="Remove a schedule (its flows keep running)",
                    responses=answers(403, 404, 507))
     async def delete_schedule(name: str, who: "Identity" = ident) -> dict[str, Any]:
+        require_writer(who, "manage schedules")
         await visible(name, who)
         await api.db.triggers.delete_schedule(name)
         return {"deleted": name}
 
     @router.post("/v1/schedules/{name}/pause", summary="Pause a schedule", responses=answers(403, 404, 507))
     async def pause(name: str, who: "Identity" = ident) -> dict[str, Any]:
+        require_writer(who, "manage schedules")
         await visible(name, who)
         return await api.db.triggers.set_paused(name, True)
 
     @router.post("/v1/schedules/{name}/resume", summary="Resume a schedule from now (no catch-up of the pause)",
                  responses=answers(403, 404, 507))
     async def resume(name: str, who: "Identity" = ident) -> dict[str, Any]:
+        require_writer(who, "manage schedules")
         await visible(name, who)
         return await api.db.triggers.set_paused(name, False)
 
     @router.post("/v1/schedules/{name}/trigger", status_code=201, summary="Fire a schedule now",
                  responses=answers(403, 404, 507))
     async def trigger(name: str, who: "Identity" = ident) -> dict[str, Any]:
+        require_writer(who, "manage schedules")
         await visible(name, who)
         fired = await api.db.triggers.fire_schedule(name, None)
         assert fired is not None

@@ -138,13 +138,14 @@ class Quotas:
                 if live >= limits["live"]:
                     raise QuotaError(qt.describe(node, "live", live, limits["live"]), 429, retry_after=5.0)
             if limits["rate"] is not None:
-                recent = await self.engine.all(
-                    f"SELECT created FROM flows WHERE created > ? AND {qt.subtree_sql()} ORDER BY created DESC "
-                    "LIMIT ?", now - 60.0, *qt.subtree_params(node), limits["rate"] + 1)
+                recent = [r["created"] for r in await self.engine.all(
+                    f"SELECT created FROM flows WHERE created > ? AND {qt.subtree_sql()} ORDER BY created",
+                    now - 60.0, *qt.subtree_params(node))]
                 if len(recent) >= limits["rate"]:
-                    oldest = recent[limits["rate"] - 1]["created"] if limits["rate"] else now
+                    # room comes back when enough of the window's starts are older than a minute
+                    frees = recent[len(recent) - limits["rate"]] + 60.0 if limits["rate"] else now + 60.0
                     raise QuotaError(qt.describe(node, "rate", len(recent), limits["rate"]), 429,
-                                     retry_after=max(oldest + 60.0 - now, 1.0))
+                                     retry_after=max(frees - now, 1.0))
         return self._caps(nodes, quota)
 
     # -- the claim order ------------------------------------------------------------------------

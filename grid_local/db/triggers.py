@@ -14,7 +14,7 @@ from grid_local.db.engine import Row, SqliteEngine, dumps, loads
 from grid_local.db.flows import Flows
 from grid_local.db.inboxes import Inboxes
 from grid_local.db.rows import new_id
-from grid_local.errors import NotFoundError
+from grid_local.errors import NotFoundError, QuotaError
 from grid_local.triggers import cron
 
 FINISHED_SQL = "('completed', 'failed', 'cancelled')"
@@ -209,7 +209,14 @@ class TriggerStore:
                 if running and row["overlap"] == "cancel-previous":
                     for flow_id in running:
                         outcome["cancelled"] += await self._cancel_tree(flow_id, f"cancelled by schedule {name}: a newer fire")
-                flow_id = await self._start_deployment_flow(row["deployment"], args, row["quota"], row["username"])
+                try:
+                    flow_id = await self._start_deployment_flow(row["deployment"], args, row["quota"], row["username"])
+                except QuotaError as exc:  # a limit of the quota tree: this fire starts nothing
+                    await self.engine.execute("INSERT INTO schedule_fires (schedule, fire_time, outcome, at) "
+                                              "VALUES (?, ?, 'skipped', ?)", name, fire_time, now)
+                    outcome["skipped"].append(fire_time)
+                    outcome.setdefault("refused", []).append(str(exc))
+                    continue
                 await self.engine.execute("INSERT INTO schedule_fires (schedule, fire_time, outcome, flow_id, at) "
                                           "VALUES (?, ?, 'started', ?, ?)", name, fire_time, flow_id, now)
                 outcome["started"].append(flow_id)
@@ -237,12 +244,17 @@ class TriggerStore:
         records the event)."""
         flow_id = new_id()
         now = time.time()
+        found = await self.engine.one("SELECT digest FROM deployments WHERE name = ?", deployment)
+        if found is None:
+            raise NotFoundError(f"no deployment named {deployment!r}")
+        caps = await self.flows.quotas.admit(quota, found["digest"])  # QuotaError: the quota tree refuses it
         rows = await self.engine.all(
             "INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, created, "
-            "updated, runnable) SELECT ?, NULL, ?, d.name, b.digest, json_object('module', b.entry, 'function', NULL), "
-            "?, ?, ?, 'pending', ?, ?, 1 FROM deployments d JOIN bundles b ON b.digest = d.digest WHERE d.name = ? "
-            "RETURNING id",
-            flow_id, flow_id, dumps(args), quota, username, now, now, deployment,
+            "updated, runnable, journal_cap, bytes_cap) SELECT ?, NULL, ?, d.name, b.digest, "
+            "json_object('module', b.entry, 'function', NULL), ?, ?, ?, 'pending', ?, ?, 1, ?, ? "
+            "FROM deployments d JOIN bundles b ON b.digest = d.digest WHERE d.name = ? RETURNING id",
+            flow_id, flow_id, dumps(args), quota, username, now, now, caps.journal_entries, caps.journal_bytes,
+            deployment,
         )
         if not rows:
             raise NotFoundError(f"no deployment named {deployment!r}")
