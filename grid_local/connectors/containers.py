@@ -116,6 +116,9 @@ class Containers:
     def __init__(self, home: Path, workspaces: Path) -> None:
         self.grid = grid_label(home)
         self.workspaces = workspaces.resolve()
+        # Written before this grid's first container: until then there is nothing to sweep, and a
+        # grid that never runs one never loads the Docker SDK (about a second of CPU) nor asks an engine.
+        self.used = home / "docker-used"
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -172,6 +175,7 @@ class Containers:
         image = spec.get("image")
         if not isinstance(image, str) or not image:
             raise SpecError("docker.container: no image given")
+        self.used.touch()
 
         def create(api: Any) -> str:
             host_config = api.create_host_config(
@@ -361,6 +365,8 @@ class Containers:
 
     def labelled(self) -> list[dict[str, Any]]:
         """Every container of this grid, running or not."""
+        if not self.used.exists():
+            return []
         return list(self._call(lambda api: api.containers(all=True, filters={"label": f"{LABEL_GRID}={self.grid}"})))
 
     def by_flow(self) -> dict[str, list[str]]:
