@@ -10,6 +10,8 @@ started again, as a user would), the remaining messages are sent, and the run me
   of the killed connector's kind, a request written by a new worker, a message delivered after a
   Client API kill, a request after a Worker API kill or after the grid restarted);
 - ``last_done_s``: from the kill to the last root flow done (null if one never finished);
+- ``grid_up_s``: for a grid restart, from the kill until ``grid up`` returned (the old processes
+  gone, the new grid ready);
 - ``declared_after_restart_s``: after a grid restart, from the new grid being up until every
   request the old grid left in flight was answered (declared interrupted);
 
@@ -80,6 +82,7 @@ def measure(kind: str | None, roots: int, timeout: float) -> dict[str, Any]:
             "first_action_s": _rounded(report.first_action_after_kill),
             "first_served_s": _rounded(report.first_served_after_kill),
             "last_done_s": _rounded(report.last_done_after_kill),
+            "grid_up_s": _rounded(kill.restarted_at - kill.at if kill and kill.restarted_at else None),
             "declared_after_restart_s": _rounded(kill.declared_after_restart if kill else None),
             "left_in_flight": len(kill.left_in_flight) if kill else 0,
             "interrupted": report.interrupted, "problems": len(report.problems),
