@@ -1,15 +1,18 @@
 """The quota tree on a real local grid: limits at every level of a three-level tree, for root and
 child flows; refused starts write nothing; journal limits fail the flow; ``why``; a restart.
 
-The local grid's user is admin of /local/<user>, so the tree under test is /local/<user>/t,
-/local/<user>/t/x and /local/<user>/t/x/y (an admin sets limits below its own node).
+The local grid's user is admin of /local/<user>, so each test's tree is /local/<user>/tN,
+/local/<user>/tN/x and /local/<user>/tN/x/y (an admin sets limits below its own node), on one
+grid for the module.
 """
 
 from __future__ import annotations
 
 import getpass
+import itertools
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +20,38 @@ import httpx
 import pytest
 
 from flowmetal_cli.bundle import build_bundle
-from tests.integration.conftest import Grid, stop_grid
+from grid_local.home import GridPaths
+from grid_local.supervisor import start_background
+from tests.integration.conftest import Grid, grid_env, stop_grid
 
 HOME = f"/local/{getpass.getuser()}"
 LEVELS = [f"{HOME}/t", f"{HOME}/t/x", f"{HOME}/t/x/y"]
 LEAF = LEVELS[-1]
+_trees = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
+    """One grid for the module (each test works in a subtree of its own: ``levels``)."""
+    tmp = tmp_path_factory.mktemp("quota")
+    env = grid_env(tmp)
+    paths = GridPaths(Path(env["FLOWMETAL_HOME"]))
+    project = tmp / "project"
+    project.mkdir()
+    (project / "flowmetal.toml").write_text('[project]\nname = "it"\n')
+    try:
+        found = Grid(paths, start_background(paths, workers=2), env, project)
+        yield found
+        found.client.close()
+    finally:
+        stop_grid(paths)
+
+
+@pytest.fixture
+def levels() -> list[str]:
+    """A three-level tree no other test uses: /local/<user>/tN, .../x, .../x/y."""
+    top = f"{HOME}/t{next(_trees)}"
+    return [top, f"{top}/x", f"{top}/x/y"]
 
 # Each flow journals when it began and ended its sleep: under a running limit of 1 their intervals
 # cannot overlap.
@@ -85,40 +115,32 @@ def row_counts(db: Path) -> dict[str, int]:
                 for t in ("flows", "journal", "events", "quota_nodes")}
 
 
-def reset(grid: Grid) -> None:
-    """Remove every limit of the test tree (between the levels of one test)."""
-    for node in LEVELS:
-        grid.client.quota_set(node, {"running": None, "live": None, "rate": None, "bundle_bytes": None,
-                                     "journal_entries": None, "journal_bytes": None})
-
-
 @pytest.mark.parametrize("level", [0, 1, 2])
-def test_running_limit_at_each_level_holds_roots_and_children_pending(grid: Grid, level: int) -> None:
-    reset(grid)
-    grid.client.quota_set(LEVELS[level], {"running": 1})
+def test_running_limit_at_each_level_holds_roots_and_children_pending(grid: Grid, levels: list[str], level: int) -> None:
+    grid.client.quota_set(levels[level], {"running": 1})
     sleeper = upload(grid, "sleeper.flow", SLEEPER)
-    ids = [grid.client.start_flow(sleeper, {"seconds": 0.4}, quota=LEAF)["id"] for _ in range(3)]
+    ids = [grid.client.start_flow(sleeper, {"seconds": 0.4}, quota=levels[-1])["id"] for _ in range(3)]
     # While one runs, the others say why they wait: the node that set the limit, and its figures.
     reason = wait_until(lambda: next((r for r in (grid.client.why(i)["reason"] for i in ids)
                                       if r.startswith("waiting for quota")), None))
-    assert reason == f"waiting for quota {LEVELS[level]}: 1 of 1 running flows"
+    assert reason == f"waiting for quota {levels[level]}: 1 of 1 running flows"
     for flow_id in ids:
         assert grid.wait(flow_id)["status"] == "completed"
     assert not overlapping(intervals(grid, ids)), "two flows ran at once under a running limit of 1"
 
     # Children too: a parent waiting on its children does not count, so they run one at a time.
     fan_out = upload(grid, "fan_out.flow", FAN_OUT)
-    parent = grid.client.start_flow(fan_out, {}, quota=LEAF)["id"]
+    parent = grid.client.start_flow(fan_out, {}, quota=levels[-1])["id"]
     assert grid.wait(parent, timeout=40)["status"] == "completed"
     children = [f["id"] for f in grid.client.list_flows(root=parent) if f["parent"] == parent]
     assert len(children) == 3
     assert not overlapping(intervals(grid, children))
 
 
-def test_without_limits_the_same_flows_overlap(grid: Grid) -> None:
+def test_without_limits_the_same_flows_overlap(grid: Grid, levels: list[str]) -> None:
     """The check above can fail: with no limit the same three flows run at once."""
     sleeper = upload(grid, "sleeper.flow", SLEEPER)
-    ids = [grid.client.start_flow(sleeper, {"seconds": 1.0}, quota=LEAF)["id"] for _ in range(3)]
+    ids = [grid.client.start_flow(sleeper, {"seconds": 1.0}, quota=levels[-1])["id"] for _ in range(3)]
     for flow_id in ids:
         grid.wait(flow_id)
     assert overlapping(intervals(grid, ids))
@@ -129,33 +151,30 @@ def _refused(grid: Grid, digest: str, quota: str) -> httpx.Response:
 
 
 @pytest.mark.parametrize("level", [0, 1, 2])
-def test_hard_limits_at_each_level_refuse_a_start_and_write_nothing(grid: Grid, level: int) -> None:
-    reset(grid)
-    node = LEVELS[level]
+def test_hard_limits_at_each_level_refuse_a_start_and_write_nothing(grid: Grid, levels: list[str], level: int) -> None:
+    node = levels[level]
     sleeper = upload(grid, "sleeper.flow", SLEEPER)
 
     grid.client.quota_set(node, {"live": 2})
-    first = [grid.client.start_flow(sleeper, {"seconds": 5}, quota=LEAF)["id"] for _ in range(2)]
+    first = [grid.client.start_flow(sleeper, {"seconds": 5}, quota=levels[-1])["id"] for _ in range(2)]
     before = row_counts(grid.paths.db)
-    refused = _refused(grid, sleeper, LEAF)
+    refused = _refused(grid, sleeper, levels[-1])
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert refused.json() == {"error": "quota_exceeded", "message": f"quota {node}: 2 of 2 live flows (pending, running, waiting)"}
     assert row_counts(grid.paths.db) == before
-    grid.client.cancel_subtree(f"{HOME}/t")
+    grid.client.cancel_subtree(levels[0])
     for flow_id in first:
         assert grid.wait(flow_id)["status"] == "cancelled"
 
-    reset(grid)
     grid.client.quota_set(node, {"rate": 2})  # flows started per minute, the two above included
     before = row_counts(grid.paths.db)
-    refused = _refused(grid, sleeper, LEAF)
+    refused = _refused(grid, sleeper, levels[-1])
     assert refused.status_code == 429 and 1 <= int(refused.headers["retry-after"]) <= 60
     assert refused.json()["message"] == f"quota {node}: 2 of 2 flows started per minute"
     assert row_counts(grid.paths.db) == before
 
-    reset(grid)
     grid.client.quota_set(node, {"bundle_bytes": 100})
-    refused = _refused(grid, sleeper, LEAF)
+    refused = _refused(grid, sleeper, levels[-1])
     assert refused.status_code == 413
     assert f"quota {node}: the bundle is" in refused.json()["message"]
     assert row_counts(grid.paths.db) == before
@@ -176,13 +195,12 @@ if __name__ == "__flow__":
 """
 
 
-def test_a_child_over_a_hard_limit_fails_its_run_and_starts_nothing(grid: Grid) -> None:
-    reset(grid)
-    grid.client.quota_set(LEVELS[1], {"live": 2})  # the parent and its first child
+def test_a_child_over_a_hard_limit_fails_its_run_and_starts_nothing(grid: Grid, levels: list[str]) -> None:
+    grid.client.quota_set(levels[1], {"live": 2})  # the parent and its first child
     digest = upload(grid, "children.flow", CHILDREN_OVER_LIVE)
-    parent = grid.client.start_flow(digest, {}, quota=LEAF)["id"]
+    parent = grid.client.start_flow(digest, {}, quota=levels[-1])["id"]
     assert grid.wait(parent)["status"] == "completed"
-    assert grid.logs(parent) == [f"run child: quota {LEVELS[1]}: 2 of 2 live flows (pending, running, waiting)"]
+    assert grid.logs(parent) == [f"run child: quota {levels[1]}: 2 of 2 live flows (pending, running, waiting)"]
     assert len(grid.client.list_flows(root=parent)) == 2
 
 
@@ -194,14 +212,13 @@ if __name__ == "__flow__":
 
 
 @pytest.mark.parametrize("limit", [{"journal_entries": 5}, {"journal_bytes": 300}])
-def test_a_journal_at_its_limit_fails_the_flow_naming_node_and_limit(grid: Grid, limit: dict[str, int]) -> None:
-    reset(grid)
-    grid.client.quota_set(LEVELS[0], limit)
+def test_a_journal_at_its_limit_fails_the_flow_naming_node_and_limit(grid: Grid, levels: list[str], limit: dict[str, int]) -> None:
+    grid.client.quota_set(levels[0], limit)
     digest = upload(grid, "chatty.flow", CHATTY)
-    flow = grid.wait(grid.client.start_flow(digest, {}, quota=LEAF)["id"])
+    flow = grid.wait(grid.client.start_flow(digest, {}, quota=levels[-1])["id"])
     assert flow["status"] == "failed"
     words = "5 journal entries per flow" if "journal_entries" in limit else "300 journal bytes per flow"
-    assert flow["error"]["message"] == f"the journal reached the limit of quota {LEVELS[0]}: {words}"
+    assert flow["error"]["message"] == f"the journal reached the limit of quota {levels[0]}: {words}"
     journal = grid.client.get_flow(flow["id"])["journal"]
     if "journal_entries" in limit:
         assert len(journal) == 5
@@ -226,12 +243,11 @@ if __name__ == "__flow__":
 """
 
 
-def test_why_gives_each_reason_in_one_line(grid: Grid) -> None:
-    reset(grid)
+def test_why_gives_each_reason_in_one_line(grid: Grid, levels: list[str]) -> None:
     digest = upload(grid, "waiter.flow", WAITER)
-    sleeping = grid.client.start_flow(digest, {"what": "sleep"}, quota=LEAF)["id"]
-    receiving = grid.client.start_flow(digest, {"what": "message"}, quota=LEAF)["id"]
-    parent = grid.client.start_flow(digest, {"what": "child"}, quota=LEAF)["id"]
+    sleeping = grid.client.start_flow(digest, {"what": "sleep"}, quota=levels[-1])["id"]
+    receiving = grid.client.start_flow(digest, {"what": "message"}, quota=levels[-1])["id"]
+    parent = grid.client.start_flow(digest, {"what": "child"}, quota=levels[-1])["id"]
 
     assert wait_until(lambda: grid.client.why(sleeping)["kind"] == "sleep")
     assert grid.client.why(sleeping)["reason"].startswith("sleeping until 20")
@@ -242,14 +258,14 @@ def test_why_gives_each_reason_in_one_line(grid: Grid) -> None:
     assert grid.client.get_flow(parent)["why"] == f"waiting for child child ({child['id']})"
 
     # a running limit reached: the next start waits for quota; with room, for a worker slot
-    grid.client.quota_set(LEVELS[0], {"running": 0})
-    held = grid.client.start_flow(digest, {"what": "sleep"}, quota=LEAF)["id"]
-    assert grid.client.why(held)["reason"].startswith(f"waiting for quota {LEVELS[0]}: ")
+    grid.client.quota_set(levels[0], {"running": 0})
+    held = grid.client.start_flow(digest, {"what": "sleep"}, quota=levels[-1])["id"]
+    assert grid.client.why(held)["reason"].startswith(f"waiting for quota {levels[0]}: ")
     assert grid.client.why(held)["reason"].endswith(" of 0 running flows")
-    grid.client.quota_set(LEVELS[0], {"running": None})
+    grid.client.quota_set(levels[0], {"running": None})
     assert wait_until(lambda: grid.client.why(held)["kind"] == "sleep")
 
-    grid.client.cancel_subtree(f"{HOME}/t")
+    grid.client.cancel_subtree(levels[0])
     assert grid.client.why(parent)["reason"] == "not waiting: it cancelled"
     done = grid.cli("why", sleeping)
     assert done.returncode == 0 and done.stdout == "not waiting: it cancelled\n"
@@ -266,3 +282,33 @@ def test_limits_survive_a_grid_restart(grid_factory: Any) -> None:
     assert node["effective"]["running"] == {"value": 3, "node": LEVELS[1]}
     assert grid.client.quota_show(LEAF)["effective"]["live"] == {"value": 7, "node": LEVELS[1]}
 
+
+
+def _latency(grid: Grid, digest: str, quota: str) -> float:
+    started = time.monotonic()
+    flow_id = grid.client.start_flow(digest, {}, quota=quota)["id"]
+    deadline = started + 60
+    while grid.client.get_flow(flow_id)["status"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def test_a_flooded_sibling_does_not_delay_the_next_flow(grid: Grid, levels: list[str]) -> None:
+    """/t/ci holds 400 queued flows (more than three times the grid's worker slots); a /t/web flow
+    is claimed as soon as a slot frees instead of after the whole queue (first in, first out would
+    make it wait for the flood to drain)."""
+    quick = upload(grid, "quick.flow", "fctx().actions.now()\n")
+    busy = upload(grid, "busy.flow", SLEEPER)
+    idle = min(_latency(grid, quick, f"{levels[0]}/web") for _ in range(3))
+    began = time.monotonic()
+    flood = [grid.client.start_flow(busy, {"seconds": 0.5}, quota=f"{levels[0]}/ci")["id"] for _ in range(400)]
+    queued = grid.client.quota_show(f"{levels[0]}/ci")["usage"]["pending"]
+    flooded = _latency(grid, quick, f"{levels[0]}/web")
+    for flow_id in flood:
+        grid.wait(flow_id, timeout=120)
+    drained = time.monotonic() - began
+    print(f"idle {idle:.3f} s, flooded {flooded:.3f} s, flood drained in {drained:.1f} s, {queued} still queued")
+    assert queued > 0, "the flood never queued: the test proves nothing"
+    assert flooded < drained / 3
+    assert flooded < max(10 * idle, 1.5)
