@@ -3,10 +3,13 @@
 W1 start-to-result latency of a one-step flow (p50/p95 over 50 runs); W2 one flow of 100
 sequential steps; W3 200 flows of 10 steps submitted at once; W4 one flow fanning out to 100
 child flows; W5 a flow of 20 sequential 100 ms sleeps whose worker is SIGKILLed after the 5th;
-and the peak memory (sum of RSS) of every grid process. A "step" is the cheapest journaled
-action: ``now()`` (W4: a child flow).
+W6 the same 2,000 child flows called in sequence by 200 roots of 10 and by 20 roots of 100 (a
+flow waiting on its child must never keep children from running: the first must take at most
+twice as long as the second); the memory a waiting flow costs a worker; and the peak memory (sum
+of RSS) of every grid process. A "step" is the cheapest journaled action: ``now()`` (W4: a child
+flow).
 
-    python bench/bench_grid.py [--workers 2]
+    python bench/bench_grid.py [--workers 2] [--only W6,waiting]
 """
 
 from __future__ import annotations
@@ -48,7 +51,18 @@ SCRIPTS = {
     ),
     "naps.flow": "a = fctx().actions\nfor i in range(20):\n    a.sleep(0.1)\n",
     "long.flow": "a = fctx().actions\nfor i in range(1000):\n    a.now()\na.receive()\n",
+    "chain.flow": (
+        "def _link_impl(fctx):\n    fctx.actions.now()\n    return fctx.args.i\n\n"
+        "link = flow(implementation = _link_impl)\n\n"
+        "if __name__ == \"__flow__\":\n"
+        "    total = 0\n"
+        "    for i in range(fctx().args.children):\n        total += link(i = i)\n"
+        "    print(total)\n"
+    ),
+    "parked.flow": "fctx().actions.receive()\n",
 }
+# The waiting flows measured must stay in memory while they are counted (not suspend after 10 s).
+SETTINGS = {"parked.flow": {"limits": {"suspend_after": 120}}}
 
 
 def machine() -> dict[str, Any]:
@@ -115,10 +129,55 @@ def wait_all(client: GridClient, ids: set[str], timeout: float = 300.0) -> None:
         raise TimeoutError(f"{len(remaining)} flows unfinished")
 
 
+def chains(client: GridClient, digest: str, roots: int, children: int) -> float:
+    """Seconds for ``roots`` root flows, each calling ``children`` child flows one after the other."""
+    began = time.perf_counter()
+    ids = {client.start_flow(digest, {"children": children})["id"] for _ in range(roots)}
+    wait_all(client, ids, timeout=900)
+    return time.perf_counter() - began
+
+
+def workers_memory(paths: GridPaths) -> int:
+    """The workers' PSS, summed (bytes)."""
+    total = 0
+    for process in (paths.read_state() or {}).get("processes", []):
+        if process["role"] != "worker":
+            continue
+        with open(f"/proc/{process['pid']}/smaps_rollup") as rollup:
+            total += sum(int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss:"))
+    return total
+
+
+def waiting_memory(client: GridClient, paths: GridPaths, digest: str, count: int) -> dict[str, Any]:
+    """What ``count`` flows waiting in workers' memory (each in receive()) cost the workers."""
+    before = workers_memory(paths)
+    ids = {client.start_flow(digest, {})["id"] for _ in range(count)}
+
+    def held() -> int:
+        return len([f for f in client.list_flows(status="running", limit=5000) if f["id"] in ids])
+
+    deadline = time.monotonic() + 120
+    while held() < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # the last ones reach their receive()
+    held_count = held()
+    after = workers_memory(paths)
+    for flow_id in ids:
+        client.cancel(flow_id)
+    return {"workload": "waiting", "flows": count, "held_in_memory": held_count,
+            "workers_pss_before_mib": round(before / 2**20, 1), "workers_pss_after_mib": round(after / 2**20, 1),
+            "kib_per_waiting_flow": round((after - before) / max(held_count, 1) / 1024, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", default="", help="comma-separated workloads to run (W1..W6, resume, waiting)")
     options = parser.parse_args()
+    only = set(filter(None, options.only.split(",")))
+
+    def wanted(name: str) -> bool:
+        return not only or name in only
     for stop in (signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(stop, lambda *_: sys.exit(1))  # so that `finally` stops the grid
     home = Path(tempfile.mkdtemp(prefix="flowmetal-bench-"))
@@ -130,75 +189,89 @@ def main() -> None:
     try:
         digests = {}
         for name, source in SCRIPTS.items():
-            data, digest = write_bundle(name, {name: source}, {})
+            data, digest = write_bundle(name, {name: source}, SETTINGS.get(name, {}))
             client.upload_bundle(data, digest)
             digests[name] = digest
         # Warm-up: workers load the bundles and the prelude once.
         for name in ("one.flow", "ten.flow"):
             wait_root(client, client.start_flow(digests[name], {})["id"])
 
-        latencies = []
-        for _ in range(50):
+        if wanted("W1"):
+            latencies = []
+            for _ in range(50):
+                began = time.perf_counter()
+                flow_id = client.start_flow(digests["one.flow"], {})["id"]
+                wait_root(client, flow_id)
+                latencies.append((time.perf_counter() - began) * 1000)
+            latencies.sort()
+            emit({"workload": "W1", "runs": 50, "p50_ms": round(statistics.median(latencies), 2),
+                  "p95_ms": round(latencies[int(0.95 * len(latencies)) - 1], 2)})
+
+        if wanted("W2"):
+            runs = []
+            for _ in range(5):
+                began = time.perf_counter()
+                wait_root(client, client.start_flow(digests["hundred.flow"], {})["id"])
+                runs.append(time.perf_counter() - began)
+            elapsed = statistics.median(runs)
+            emit({"workload": "W2", "steps": 100, "runs": 5, "median_seconds": round(elapsed, 3),
+                  "steps_per_s": round(100 / elapsed, 1), "best_steps_per_s": round(100 / min(runs), 1)})
+
+        if wanted("W3"):
             began = time.perf_counter()
-            flow_id = client.start_flow(digests["one.flow"], {})["id"]
-            wait_root(client, flow_id)
-            latencies.append((time.perf_counter() - began) * 1000)
-        latencies.sort()
-        emit({"workload": "W1", "runs": 50, "p50_ms": round(statistics.median(latencies), 2),
-              "p95_ms": round(latencies[int(0.95 * len(latencies)) - 1], 2)})
+            ids = {client.start_flow(digests["ten.flow"], {})["id"] for _ in range(200)}
+            wait_all(client, ids)
+            elapsed = time.perf_counter() - began
+            emit({"workload": "W3", "flows": 200, "steps": 2000, "seconds": round(elapsed, 3),
+                  "flows_per_s": round(200 / elapsed, 1), "steps_per_s": round(2000 / elapsed, 1)})
 
-        runs = []
-        for _ in range(5):
+        if wanted("W4"):
             began = time.perf_counter()
-            wait_root(client, client.start_flow(digests["hundred.flow"], {})["id"])
-            runs.append(time.perf_counter() - began)
-        elapsed = statistics.median(runs)
-        emit({"workload": "W2", "steps": 100, "runs": 5, "median_seconds": round(elapsed, 3),
-              "steps_per_s": round(100 / elapsed, 1), "best_steps_per_s": round(100 / min(runs), 1)})
+            event = wait_root(client, client.start_flow(digests["fanout.flow"], {})["id"])
+            elapsed = time.perf_counter() - began
+            emit({"workload": "W4", "children": 100, "seconds": round(elapsed, 3), "status": event["status"]})
 
-        began = time.perf_counter()
-        ids = {client.start_flow(digests["ten.flow"], {})["id"] for _ in range(200)}
-        wait_all(client, ids)
-        elapsed = time.perf_counter() - began
-        emit({"workload": "W3", "flows": 200, "steps": 2000, "seconds": round(elapsed, 3),
-              "flows_per_s": round(200 / elapsed, 1), "steps_per_s": round(2000 / elapsed, 1)})
-
-        began = time.perf_counter()
-        event = wait_root(client, client.start_flow(digests["fanout.flow"], {})["id"])
-        elapsed = time.perf_counter() - began
-        emit({"workload": "W4", "children": 100, "seconds": round(elapsed, 3), "status": event["status"]})
-
-        flow_id = client.start_flow(digests["naps.flow"], {})["id"]
-        killed_at = None
-        while killed_at is None:
-            flow = client.get_flow(flow_id)
-            answered = [e for e in flow["journal"] if e["result"] is not None]
-            if len(answered) >= 5 and flow["worker"]:
-                os.kill(int(flow["worker"].rsplit(".", 1)[1]), signal.SIGKILL)
-                killed_at = time.perf_counter()
-            else:
+        if wanted("W5"):
+            flow_id = client.start_flow(digests["naps.flow"], {})["id"]
+            killed_at = None
+            while killed_at is None:
+                flow = client.get_flow(flow_id)
+                answered = [e for e in flow["journal"] if e["result"] is not None]
+                if len(answered) >= 5 and flow["worker"]:
+                    os.kill(int(flow["worker"].rsplit(".", 1)[1]), signal.SIGKILL)
+                    killed_at = time.perf_counter()
+                else:
+                    time.sleep(0.005)
+            event = wait_root(client, flow_id)
+            recovery = time.perf_counter() - killed_at
+            results = [e for e in client.events(after=0, root=flow_id)["events"] if e["type"] == "result"]
+            seqs = [e["seq"] for e in results]
+            emit({"workload": "W5", "steps": 20, "kill_to_completion_s": round(recovery, 3),
+                  "steps_performed_again": len(seqs) - len(set(seqs)), "status": event["status"]})
+        if wanted("resume"):
+            # Resume: a flow with a 1,000-entry journal loses its worker; the next one replays it.
+            flow_id = client.start_flow(digests["long.flow"], {})["id"]
+            while True:
+                flow = client.get_flow(flow_id)
+                if len(flow["journal"]) == 1001 and flow["worker"]:
+                    break
+                time.sleep(0.05)
+            os.kill(int(flow["worker"].rsplit(".", 1)[1]), signal.SIGKILL)
+            while client.get_flow(flow_id)["status"] != "pending":
                 time.sleep(0.005)
-        event = wait_root(client, flow_id)
-        recovery = time.perf_counter() - killed_at
-        results = [e for e in client.events(after=0, root=flow_id)["events"] if e["type"] == "result"]
-        seqs = [e["seq"] for e in results]
-        emit({"workload": "W5", "steps": 20, "kill_to_completion_s": round(recovery, 3),
-              "steps_performed_again": len(seqs) - len(set(seqs)), "status": event["status"]})
-        # Resume: a flow with a 1,000-entry journal loses its worker; the next one replays it.
-        flow_id = client.start_flow(digests["long.flow"], {})["id"]
-        while True:
-            flow = client.get_flow(flow_id)
-            if len(flow["journal"]) == 1001 and flow["worker"]:
-                break
-            time.sleep(0.05)
-        os.kill(int(flow["worker"].rsplit(".", 1)[1]), signal.SIGKILL)
-        while client.get_flow(flow_id)["status"] != "pending":
-            time.sleep(0.005)
-        began = time.perf_counter()
-        client.send(flow_id, "go")
-        wait_root(client, flow_id)
-        emit({"workload": "resume", "journal_entries": 1001, "send_to_completion_s": round(time.perf_counter() - began, 3),
-              "note": "includes claiming the flow, fetching its journal and replaying it on another worker"})
+            began = time.perf_counter()
+            client.send(flow_id, "go")
+            wait_root(client, flow_id)
+            emit({"workload": "resume", "journal_entries": 1001, "send_to_completion_s": round(time.perf_counter() - began, 3),
+                  "note": "includes claiming the flow, fetching its journal and replaying it on another worker"})
+        if wanted("W6"):
+            narrow = chains(client, digests["chain.flow"], roots=20, children=100)
+            wide = chains(client, digests["chain.flow"], roots=200, children=10)
+            emit({"workload": "W6", "child_flows": 2000, "roots_20x100_s": round(narrow, 3),
+                  "roots_200x10_s": round(wide, 3), "ratio": round(wide / narrow, 2),
+                  "children_per_s_200x10": round(2000 / wide, 1)})
+        if wanted("waiting"):
+            emit(waiting_memory(client, paths, digests["parked.flow"], 200))
         sampler.stop.set()
         sampler.join()
         emit({"workload": "memory", "workers": options.workers,

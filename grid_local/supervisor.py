@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -24,6 +26,7 @@ from typing import IO, Any
 from grid_local.api.wire import WireClient, WireError
 from grid_local.db.startup import prepare_flow_db
 from grid_local.home import GridPaths, die_with_parent, is_supervisor_of, pid_alive, process_identity
+from grid_local.worker.settings import WorkerSettings
 
 RESTART_BACKOFF_MAX = 5.0
 STABLE_AFTER = 10.0
@@ -46,10 +49,13 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_supervisor() -> None:
-    """Runs in the child before exec: SIGKILL it when the supervisor dies, however it dies."""
+def _die_with_supervisor(address_space: int | None = None) -> None:
+    """Runs in the child before exec: SIGKILL it when the supervisor dies, however it dies; cap a
+    worker's address space (RLIMIT_AS), so that a flow cannot take the machine's memory."""
     die_with_parent()
     os.setpgid(0, 0)
+    if address_space is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
 
 @dataclass
@@ -65,6 +71,18 @@ class Child:
     restart_at: float | None = None
     log: IO[bytes] | None = None
     log_offset: int = 0
+    """Where this incarnation's output starts in its log (what it said before it died is read from here)."""
+
+    def last_words(self, limit: int = 16384) -> str:
+        if self.log is None:
+            return ""
+        self.log.flush()
+        try:
+            with open(self.log.name, "rb") as log:
+                log.seek(max(self.log_offset, os.path.getsize(self.log.name) - limit))
+                return log.read(limit).decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     @property
     def ident(self) -> str:
@@ -79,9 +97,11 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, paths: GridPaths, workers: int, host: str, client_port: int, tokens: Path | None) -> None:
+    def __init__(self, paths: GridPaths, workers: int, host: str, client_port: int, tokens: Path | None,
+                 worker_settings: WorkerSettings | None = None) -> None:
         self.paths = paths
         self.workers = workers
+        self.worker_settings = worker_settings or WorkerSettings()
         self.host = host
         self.fixed_client_port = bool(client_port)
         self.client_port = client_port or free_port(host if host != "0.0.0.0" else "127.0.0.1")
@@ -138,7 +158,9 @@ class Supervisor:
         for number in range(1, self.workers + 1):
             self.children.append(Child("worker", f"worker-{number}",
                                        [python, "-m", "grid_local.worker.main", "--api", self.worker_url,
-                                        "--name", f"worker-{number}"]))
+                                        "--name", f"worker-{number}", *self.worker_settings.argv()],
+                                       # glibc's per-thread arenas would reserve address space by the GiB
+                                       env={"MALLOC_ARENA_MAX": "2"}))
         for role in ("clock", "http", "inbox", "resources"):
             self.children.append(Child(f"connector:{role}", role,
                                        [python, "-m", f"grid_local.connectors.{role}", "--api", self.worker_url,
@@ -152,7 +174,8 @@ class Supervisor:
         env = {**os.environ, **child.env, "PYTHONUNBUFFERED": "1"}
         child.process = subprocess.Popen(
             child.argv, stdout=child.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            preexec_fn=_die_with_supervisor,
+            preexec_fn=functools.partial(
+                _die_with_supervisor, self.worker_settings.address_space_bytes if child.role == "worker" else None),
         )
         child.started = time.time()
         child.restart_at = None
@@ -231,8 +254,9 @@ class Supervisor:
             self.log(f"recovered from the previous grid: {flows} flows released, {requests} requests in flight "
                      "declared interrupted")
 
-    def _report_gone(self, children: list[Child]) -> None:
-        """Tell the Worker API these incarnations are gone, so their flows and requests move on at once."""
+    def _report_gone(self, children: list[Child], died: str | None = None) -> None:
+        """Tell the Worker API these incarnations are gone, so their flows and requests move on at once
+        (``died``: how a worker crashed, counted against the flows it was evaluating)."""
         for child in children:
             if child.process is None:
                 continue
@@ -240,14 +264,16 @@ class Supervisor:
             if kind is None:
                 continue
             try:
-                self.api.post(f"/v1/{kind}/{child.ident}/gone")
+                self.api.post(f"/v1/{kind}/{child.ident}/gone", {"died": died} if died and kind == "workers" else {})
             except WireError as exc:
                 self.log(f"could not report {child.ident} gone: {exc}")
 
     def on_exit(self, child: Child, code: int) -> None:
         """A child died: tell the Worker API, then schedule the restart with backoff."""
-        self.log(f"{child.name} (pid {child.process.pid if child.process else '?'}) exited with {code}")
-        self._report_gone([child])
+        died = describe_exit(code, child.last_words()) if code < 0 and code != -signal.SIGTERM else None
+        self.log(f"{child.name} (pid {child.process.pid if child.process else '?'}) exited with {code}"
+                 + (f": {died}" if died else ""))
+        self._report_gone([child], died)
         ran = time.time() - child.started
         child.backoff = 0.1 if ran > STABLE_AFTER else min(child.backoff * 2, RESTART_BACKOFF_MAX)
         child.restart_at = time.monotonic() + (0.0 if child.role == "worker" and ran > 1.0 else child.backoff)
@@ -298,6 +324,32 @@ class Supervisor:
         self.log("grid down")
 
 
+_SIGNALS = {
+    signal.SIGSEGV: "segmentation fault (SIGSEGV)",
+    signal.SIGABRT: "aborted (SIGABRT)",
+    signal.SIGBUS: "bus error (SIGBUS)",
+    signal.SIGILL: "illegal instruction (SIGILL)",
+    signal.SIGKILL: "killed (SIGKILL: by the kernel's out-of-memory killer, or by someone)",
+}
+
+
+def describe_exit(code: int, last_words: str = "") -> str:
+    """How a child process died, for people: its signal, and the cause it printed if it did."""
+    if "memory allocation of" in last_words:
+        allocation = last_words[last_words.rindex("memory allocation of"):].splitlines()[0]
+        return f"out of memory ({allocation})"
+    if "has overflowed its stack" in last_words:
+        return "stack overflow (the native stack of a flow thread ran out)"
+    if code < 0:
+        number = -code
+        try:
+            known = signal.Signals(number)
+        except ValueError:
+            return f"killed by signal {number}"
+        return _SIGNALS.get(known, f"killed by {known.name}")
+    return f"exit code {code}"
+
+
 def running_state(paths: GridPaths) -> dict[str, Any] | None:
     """The published state of the grid running for ``paths``, or None.
 
@@ -325,10 +377,12 @@ def remove_stale_state(paths: GridPaths) -> None:
 
 def start_background(
     paths: GridPaths, workers: int | None = None, listen: str | None = None, tokens: Path | None = None,
-    timeout: float = 30.0,
+    timeout: float = 30.0, worker_settings: WorkerSettings | None = None,
 ) -> dict[str, Any]:
     """Start a supervisor detached from this process and wait until its grid is ready."""
     argv = [sys.executable, "-m", "grid_local.supervisor", "--home", str(paths.home)]
+    if worker_settings is not None:
+        argv += worker_settings.argv()
     if workers is not None:
         argv += ["--workers", str(workers)]
     if listen:
@@ -387,8 +441,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--tokens", type=Path, default=None)
+    WorkerSettings.add_arguments(parser)
     options = parser.parse_args(argv)
-    supervisor = Supervisor(GridPaths(options.home), options.workers, options.host, options.port, options.tokens)
+    supervisor = Supervisor(GridPaths(options.home), options.workers, options.host, options.port, options.tokens,
+                            WorkerSettings.from_options(options))
     if not supervisor.acquire_lock():
         print(f"error: a grid is already running for {options.home}", file=sys.stderr)
         sys.exit(2)

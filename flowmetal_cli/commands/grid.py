@@ -13,6 +13,9 @@ from flowmetal_cli.client import GridClient, GridUnreachable
 from grid_local.home import GridPaths, pid_alive
 from grid_local.supervisor import main as supervisor_main
 from grid_local.supervisor import running_state, start_background, stop_background
+from grid_local.worker.settings import WorkerSettings
+
+_DEFAULTS = WorkerSettings()
 
 grid_app = typer.Typer(help="Start, stop and inspect the local grid.", no_args_is_help=True)
 
@@ -23,6 +26,12 @@ def up(
     foreground: Annotated[bool, typer.Option("--foreground", help="Run the supervisor in this terminal.")] = False,
     listen: Annotated[str | None, typer.Option("--listen", help="Serve the Client API on HOST:PORT (a shared grid).")] = None,
     tokens: Annotated[Path | None, typer.Option("--tokens", help="TOML file of bearer tokens: [tokens.\"<t>\"] user, quota.", exists=True, dir_okay=False)] = None,
+    slots: Annotated[int, typer.Option("--slots", min=1, max=10000, help="Flows each worker evaluates at once (flows waiting on a result do not take one).")] = _DEFAULTS.slots,
+    max_waiting: Annotated[int, typer.Option("--max-waiting", min=1, max=100000, help="Waiting flows each worker keeps in memory; more are suspended and replayed later.")] = _DEFAULTS.max_waiting,
+    worker_memory: Annotated[int, typer.Option("--worker-memory", min=64, help="MiB of memory for flows in each worker process; a flow that needs more fails (out of memory).")] = _DEFAULTS.memory_mib,
+    max_eval_budget: Annotated[float, typer.Option("--max-eval-budget", min=0.001, help="Most seconds of evaluation between two actions a bundle's [limits] eval_budget may ask for.")] = _DEFAULTS.max_eval_budget,
+    max_callstack: Annotated[int, typer.Option("--max-callstack", min=1, max=1000000, help="Deepest call stack a bundle's [limits] max_callstack may ask for.")] = _DEFAULTS.max_callstack,
+    max_suspend_after: Annotated[float, typer.Option("--max-suspend-after", min=0.001, help="Most seconds a bundle's [limits] suspend_after may keep a waiting flow in memory.")] = _DEFAULTS.max_suspend_after,
 ) -> None:
     """Start the local grid (APIs, workers, connectors) under $FLOWMETAL_HOME.
 
@@ -33,18 +42,23 @@ def up(
       flowmetal grid up --workers 4 --foreground
 
       flowmetal grid up --listen 127.0.0.1:8470 --tokens tokens.toml
+
+      flowmetal grid up --slots 16 --worker-memory 1024 --max-eval-budget 30
     """
     paths = GridPaths.current()
     if listen and (":" not in listen or not listen.rpartition(":")[2].isdigit()):
         console.fail(f"--listen takes HOST:PORT, not '{listen}'", console.EXIT_USAGE)
     if listen and not tokens and not listen.startswith("127."):
         console.fail("a grid listening beyond loopback needs --tokens", console.EXIT_USAGE)
+    settings = WorkerSettings(slots=slots, max_waiting=max_waiting, memory_mib=worker_memory,
+                              max_eval_budget=max_eval_budget, max_callstack=max_callstack,
+                              max_suspend_after=max_suspend_after)
     state = running_state(paths)
     if state is not None:
         typer.echo(f"a grid is already running at {state['url']} (home {paths.home})")
         return
     if foreground:
-        argv = ["--home", str(paths.home), "--workers", str(workers)]
+        argv = ["--home", str(paths.home), "--workers", str(workers), *settings.argv()]
         if listen:
             host, _, port = listen.rpartition(":")
             argv += ["--host", host, "--port", port]
@@ -53,7 +67,7 @@ def up(
         supervisor_main(argv)
         return
     try:
-        state = start_background(paths, workers=workers, listen=listen, tokens=tokens)
+        state = start_background(paths, workers=workers, listen=listen, tokens=tokens, worker_settings=settings)
     except RuntimeError as exc:
         console.fail(str(exc), console.EXIT_UNREACHABLE)
     typer.echo(f"grid up at {state['url']} (home {paths.home}, {workers} workers)")

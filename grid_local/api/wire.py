@@ -14,12 +14,22 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from grid_local.errors import GridError
+
+
+# Statuses that say "not now" rather than "never": the API restarting behind a proxy, the Flow DB
+# locked (503) or its disk full (507). With no status at all (unreachable), they are transient.
+TRANSIENT_STATUSES = frozenset({502, 503, 504, 507})
+RETRY_MAX_DELAY = 2.0
+
+T = TypeVar("T")
 
 
 class WireError(GridError):
@@ -28,6 +38,37 @@ class WireError(GridError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+    @property
+    def transient(self) -> bool:
+        """True when the same call may succeed later (the API unreachable, restarting, or busy)."""
+        return self.status is None or self.status in TRANSIENT_STATUSES
+
+
+def until_answered(call: Callable[[], T], who: str = "") -> T:
+    """``call()``, retried with backoff (up to 2 s apart) for as long as its failure is transient.
+
+    Workers and connectors keep what they hold in memory while the Worker API restarts under
+    them, and carry on when it is back. A permanent refusal (4xx) is raised at once."""
+    delay = 0.05
+    failing_since: float | None = None
+    while True:
+        try:
+            answer = call()
+        except WireError as exc:
+            if not exc.transient:
+                raise
+            if failing_since is None:
+                failing_since = time.monotonic()
+                print(f"{who or 'wire'}: the Worker API is unavailable ({exc}); retrying until it is back",
+                      file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY)
+            continue
+        if failing_since is not None:
+            print(f"{who or 'wire'}: the Worker API is back after {time.monotonic() - failing_since:.1f} s",
+                  file=sys.stderr, flush=True)
+        return answer
 
 
 UNAVAILABLE = (503, 507)
@@ -62,7 +103,7 @@ class WireClient:
         """Send one request; returns (status, decoded JSON body). Retries once on a stale keep-alive."""
         if params:
             path = f"{path}?{urlencode(params)}"
-        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        payload = None if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         for attempt in (1, 2):
             try:

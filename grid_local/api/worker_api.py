@@ -24,9 +24,10 @@ from grid_local.api.notify import Notifier, PeerPoke, long_poll, wait_for, watch
 from grid_local.api.problems import RETRY_AFTER_SECONDS, storage_problem
 from grid_local.db.store import FlowStore
 from grid_local.errors import FlowmetalError, LeaseLostError, NotFoundError, StoreError
-from grid_local.runtime.journal import ALL_KINDS, CONNECTOR_KINDS, JournalEntry
+from grid_local.runtime.journal import ALL_KINDS, CONNECTOR_KINDS, MAX_VALUE_BYTES, JournalEntry
 
-MAX_BODY = 4 * 1024 * 1024
+# A journal value (MAX_VALUE_BYTES) and the request around it.
+MAX_BODY = MAX_VALUE_BYTES + 1024 * 1024
 MAX_WAIT = 30.0
 
 
@@ -212,8 +213,9 @@ class WorkerApi:
         return JSONResponse({"stop": stop})
 
     async def worker_gone(self, request: Request) -> Response:
+        died = field(await read_json(request), "died", (str, type(None)), None)  # how it died, if it crashed
         self.gone.add(request.path_params["worker"])
-        released = await self.db.release_worker(request.path_params["worker"], "worker exited")
+        released = await self.db.release_worker(request.path_params["worker"], "worker exited", died)
         return JSONResponse({"released": released})
 
     # -- connectors -----------------------------------------------------------------------------
@@ -226,6 +228,12 @@ class WorkerApi:
         executor = field(data, "executor", str)
         limit = field(data, "limit", int, 16)
         wait = min(float(field(data, "wait", (int, float), 10.0)), MAX_WAIT)
+        holding = field(data, "holding", list, None)
+        if holding is not None:
+            if not all(isinstance(h, list) and len(h) == 2 and isinstance(h[0], str) and isinstance(h[1], int)
+                       for h in holding):
+                raise BadRequest("field 'holding' must list [flow_id, seq] pairs")
+            await self.db.release_unheld_requests(executor, [(h[0], h[1]) for h in holding])
 
         async def check() -> list[dict[str, Any]]:
             if executor in self.gone or await request.is_disconnected():

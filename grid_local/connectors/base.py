@@ -1,16 +1,24 @@
-"""What every connector process shares: its identity, the Worker API client, and its command line."""
+"""What every connector process shares: its identity, the Worker API client, and its command line.
+
+Connectors outlive the Worker API restarting under them: a result is recorded with retries until
+the API is back (never dropped), and each claim says which requests this process still holds, so
+that a claim whose answer was lost with the API hands its requests back (unperformed) at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from grid_local.api.wire import WireClient, WireError
+from grid_local.api.wire import WireClient, WireError, until_answered
+from grid_local.errors import ArgumentError
+from grid_local.runtime import journal as jr
 
 
 def connector_args(role: str, argv: list[str] | None) -> argparse.Namespace:
@@ -28,8 +36,17 @@ def api_client(url: str) -> WireClient:
     return WireClient(url)
 
 
-def record(client: WireClient, flow_id: str, seq: int, result: dict[str, Any], executor: str | None) -> None:
-    client.post("/v1/connectors/results", {"flow_id": flow_id, "seq": seq, "result": result, "executor": executor})
+def record(client: WireClient, flow_id: str, seq: int, result: dict[str, Any], executor: str | None,
+           kind: str = "request") -> None:
+    """Record a request's result, retried until the Worker API takes it; one over the journal's size
+    limit is recorded as an error that says so."""
+    try:
+        jr.check_size(jr.canonical_json(result.get("value")), f"the result of {kind}")
+    except ArgumentError as exc:
+        result = jr.err(str(exc))
+    until_answered(lambda: client.post(
+        "/v1/connectors/results", {"flow_id": flow_id, "seq": seq, "result": result, "executor": executor},
+    ), executor or "connector")
 
 
 def serve_requests(
@@ -38,18 +55,28 @@ def serve_requests(
 ) -> None:
     """Claim requests of these kinds (long poll), perform each in a thread, record its result. Forever."""
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=executor)
+    holding: set[tuple[str, int]] = set()
+    lock = threading.Lock()
 
     def run(request: dict[str, Any]) -> None:
-        record(api, request["flow_id"], request["seq"], perform(request), executor)
+        try:
+            record(api, request["flow_id"], request["seq"], perform(request), executor, request["kind"])
+        finally:
+            with lock:
+                holding.discard((request["flow_id"], request["seq"]))
 
     while True:
+        with lock:
+            held = [list(key) for key in holding]
         try:
             claimed = api.post(f"/v1/connectors/requests/{','.join(kinds)}/claim",
-                               {"executor": executor, "limit": concurrency, "wait": 10})
+                               {"executor": executor, "limit": concurrency, "wait": 10, "holding": held})
         except WireError as exc:
             if exc.status == 409:  # declared gone: make way for a new incarnation
                 os._exit(3)
             time.sleep(0.2)
             continue
         for request in claimed["requests"]:
+            with lock:
+                holding.add((request["flow_id"], request["seq"]))
             pool.submit(run, request)

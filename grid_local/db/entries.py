@@ -88,6 +88,10 @@ class Entries:
                 flow_id,
             ), flow_id, worker, epoch)
             expected = (flow["last_seq"] or 0) + 1
+            if entry.seq < expected:  # a retry of an append whose answer was lost (the API restarted)
+                again = await self.engine.one("SELECT * FROM journal WHERE flow_id = ? AND seq = ?", flow_id, entry.seq)
+                if again is not None and again["hash"] == entry.hash and again["worker"] == worker:
+                    return Appended(loads(again["result"]), 0.0)
             if entry.seq != expected:
                 raise LeaseLostError(f"journal of {flow_id} is at {expected - 1}; refusing entry {entry.seq}")
             over = journal_over_cap(flow, entry)

@@ -8,17 +8,22 @@ them); a connector that goes silent has its requests declared failed, never re-s
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from grid_local.db.engine import Row, SqliteEngine, loads
+from grid_local.db.engine import Row, SqliteEngine, dumps, loads
 from grid_local.db.quotas import Quotas
 from grid_local.db.results import record_once
 from grid_local.db.rows import flow_json, journal_entry
 from grid_local.errors import LeaseLostError, NotFoundError
 from grid_local.runtime import journal as jr
 
+if TYPE_CHECKING:
+    from grid_local.db.flows import Flows  # (flows.py imports check_held from here)
+
 LEASE_SECONDS = 10.0
 EXECUTOR_GRACE = 5.0
+MAX_WORKER_DEATHS = 3
+"""Worker deaths while evaluating a flow (with no progress in between) after which the flow fails."""
 
 
 def check_held(row: Row | None, flow_id: str, worker: str, epoch: int) -> Row:
@@ -33,9 +38,10 @@ def check_held(row: Row | None, flow_id: str, worker: str, epoch: int) -> Row:
 
 
 class Leases:
-    def __init__(self, engine: SqliteEngine, quotas: Quotas) -> None:
+    def __init__(self, engine: SqliteEngine, quotas: Quotas, flows: Flows) -> None:
         self.engine = engine
         self.quotas = quotas
+        self.flows = flows
 
     # -- flows leased to workers ----------------------------------------------------------------
 
@@ -95,32 +101,48 @@ class Leases:
             self.quotas.room_freed()
 
     async def heartbeat(self, worker: str, flow_ids: list[str]) -> list[str]:
-        """Extend the worker's leases; returns the held flows it must stop (cancelled or lost)."""
-        now = time.time()
-        async with self.engine.transaction():
-            await self.engine.execute(
-                "UPDATE flows SET lease_expires = ? WHERE lease_owner = ?", now + LEASE_SECONDS, worker
-            )
+        """Extend the leases of the flows the worker holds in memory, and only those (a flow it
+        dropped must expire and move on); returns the ones it must stop (cancelled or lost)."""
         if not flow_ids:
             return []
-        marks = ",".join("?" * len(flow_ids))
-        held = {r["id"] for r in await self.engine.all(
-            f"SELECT id FROM flows WHERE id IN ({marks}) AND lease_owner = ?", *flow_ids, worker
+        held = {r["id"] for r in await self.engine.write_statement(
+            "UPDATE flows SET lease_expires = ? WHERE lease_owner = ? AND id IN (SELECT value FROM json_each(?)) "
+            "RETURNING id",
+            (time.time() + LEASE_SECONDS, worker, dumps(flow_ids)), notes=set(),
         )}
         return [fid for fid in flow_ids if fid not in held]
 
-    async def release_worker(self, worker: str, reason: str) -> int:
-        """A worker is gone: its flows become runnable at once (another worker replays them)."""
+    async def release_worker(self, worker: str, reason: str, died: str | None = None) -> int:
+        """A worker is gone: its flows become runnable at once (another worker replays them).
+
+        ``died`` describes how it died (a signal, out of memory) when it did not exit cleanly: each
+        flow it was evaluating (not one blocked waiting for a result) counts a death, and one that
+        reaches MAX_WORKER_DEATHS at the same journal position fails instead of killing another."""
         async with self.engine.transaction():
-            rows = await self.engine.all("SELECT id, root, name FROM flows WHERE lease_owner = ?", worker)
+            rows = await self.engine.all(
+                "SELECT f.*, j.seq AS last_seq, j.seq IS NOT NULL AND j.result IS NULL AS blocked FROM flows f "
+                "LEFT JOIN journal j ON j.flow_id = f.id AND j.seq = (SELECT MAX(seq) FROM journal WHERE flow_id = f.id) "
+                "WHERE f.lease_owner = ?", worker,
+            )
             for row in rows:
+                if died is not None and not row["blocked"]:
+                    at = row["last_seq"] or 0
+                    deaths = row["worker_deaths"] + 1 if row["deaths_at_seq"] == at else 1
+                    if deaths >= MAX_WORKER_DEATHS:
+                        await self.flows.end(row, "failed", error={
+                            "message": f"the worker evaluating this flow died {deaths} times: last exit: {died}",
+                            "traceback": "", "kind": "WorkerDiedError"})
+                        continue
+                    await self.engine.execute("UPDATE flows SET worker_deaths = ?, deaths_at_seq = ? WHERE id = ?",
+                                              deaths, at, row["id"])
                 await self.engine.execute(
                     "UPDATE flows SET lease_owner = NULL, lease_expires = NULL, runnable = 1, status = 'pending', "
                     "updated = ? WHERE id = ?",
                     time.time(), row["id"],
                 )
                 self.engine.event(row["id"], row["root"], "flow",
-                                  {"status": "pending", "name": row["name"], "lease_lost": worker, "reason": reason})
+                                  {"status": "pending", "name": row["name"], "lease_lost": worker,
+                                   "reason": f"{reason}: {died}" if died else reason})
                 self.engine.note("runnable")
             return len(rows)
 
@@ -160,6 +182,17 @@ class Leases:
             if executor is not None and row["executor"] != executor:
                 return False
             return await record_once(self.engine, flow_id, seq, result)
+
+    async def release_unheld_requests(self, executor: str, holding: list[tuple[str, int]]) -> int:
+        """A connector claims again, holding only ``holding``: any other request leased to it was lost
+        with a claim's answer (it never reached the connector, so it was never performed) and is
+        handed back to be claimed again."""
+        rows = await self.engine.write_statement(
+            "UPDATE journal SET executor = NULL, executor_expires = NULL WHERE executor = ? AND result IS NULL "
+            "AND json_array(flow_id, seq) NOT IN (SELECT value FROM json_each(?)) RETURNING kind",
+            (executor, dumps([list(h) for h in holding])), notes={("requests", kind) for kind in jr.CONNECTOR_KINDS},
+        )
+        return len(rows)
 
     async def release_executor(self, executor: str) -> int:
         """A connector is gone: every request it held without a result is declared failed (interrupted)."""

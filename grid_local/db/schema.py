@@ -237,4 +237,10 @@ MIGRATIONS: list[str] = [
         UPDATE flows SET journal_bytes = journal_bytes + length(CAST(NEW.result AS BLOB)) WHERE id = NEW.flow_id;
     END;
     """,
+    # 6: worker deaths while a flow was being evaluated, counted per flow (at the journal position they
+    # happened), so that a flow which kills every worker that evaluates it fails instead of looping
+    """
+    ALTER TABLE flows ADD COLUMN worker_deaths INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE flows ADD COLUMN deaths_at_seq INTEGER NOT NULL DEFAULT -1;
+    """,
 ]

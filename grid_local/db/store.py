@@ -48,7 +48,7 @@ class FlowStore:
         flows = Flows(engine, quotas)
         inboxes = Inboxes(engine)
         entries = Entries(engine, flows, inboxes)
-        leases = Leases(engine, quotas)
+        leases = Leases(engine, quotas, flows)
         events = Events(engine)
         self.triggers = TriggerStore(engine, inboxes, flows)  # webhooks and schedules
         self.quotas = quotas  # the quota tree (nodes, limits, usage)
@@ -87,6 +87,7 @@ class FlowStore:
         self.claim_requests = leases.claim_requests
         self.record_result = leases.record_result
         self.release_executor = leases.release_executor
+        self.release_unheld_requests = leases.release_unheld_requests
         self.open_deadlines = entries.open_deadlines
         self.fire_deadline = entries.fire_deadline
         self.deliver_pending = inboxes.deliver_pending

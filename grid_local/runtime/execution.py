@@ -22,6 +22,7 @@ import starlark as sl
 
 from grid_local.errors import (
     ArgumentError,
+    BundleError,
     FlowCancelled,
     FlowmetalError,
     LimitError,
@@ -36,9 +37,12 @@ from grid_local.runtime.journal import JournalEntry
 _current = threading.local()
 
 
+LIMIT_NAMES = ("eval_budget", "max_callstack", "suspend_after")
+
+
 @dataclass
 class Limits:
-    """Bounds on one flow's evaluation (``[limits]`` in flowmetal.toml overrides them)."""
+    """Bounds on one flow's evaluation (``[limits]`` in flowmetal.toml lowers them, up to the grid's maxima)."""
 
     eval_budget: float = 10.0
     """CPU seconds a flow may evaluate between two actions before it is stopped."""
@@ -46,15 +50,62 @@ class Limits:
     """Deepest Starlark call stack allowed."""
     suspend_after: float = 10.0
     """Seconds to wait in memory for an action's result before suspending the flow."""
+    capped: tuple[str, ...] = ()
+    """The limits a bundle asked to raise above the grid's maxima (they were held at the maxima)."""
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> "Limits":
+    def from_settings(cls, settings: dict[str, Any], maxima: "Limits | None" = None) -> "Limits":
+        """The limits of flows of a bundle whose flowmetal.toml holds ``settings``, within ``maxima``.
+
+        A bundle can lower any limit; asking for more than the grid's maximum gets the maximum
+        (recorded in ``capped``, so that the error of a flow that hits it says so). A value of the
+        wrong type raises BundleError naming the setting and the value."""
+        maxima = maxima or GRID_MAXIMA
         section = settings.get("limits", {}) if isinstance(settings, dict) else {}
-        limits = cls()
-        for name in ("eval_budget", "max_callstack", "suspend_after"):
-            if name in section:
-                setattr(limits, name, type(getattr(limits, name))(section[name]))
-        return limits
+        if not isinstance(section, dict):
+            raise BundleError(f"{sources.PROJECT_FILE}: [limits] must be a table, got {section!r}")
+        unknown = sorted(set(section) - set(LIMIT_NAMES))
+        if unknown:
+            raise BundleError(f"{sources.PROJECT_FILE}: [limits] has no setting '{unknown[0]}' "
+                              f"(known: {', '.join(LIMIT_NAMES)})")
+        values: dict[str, Any] = {}
+        capped = []
+        for name in LIMIT_NAMES:
+            maximum = getattr(maxima, name)
+            value = section.get(name, getattr(cls, name))
+            value = _limit_value(name, value)
+            if value > maximum:
+                value = maximum
+                capped.append(name)
+            values[name] = value
+        return cls(**values, capped=tuple(capped))
+
+    def hint(self, name: str, flag: str) -> str:
+        """How the user can change limit ``name``: in flowmetal.toml, or (when capped) where the grid starts."""
+        if name in self.capped:
+            return f"[limits] {name}, capped at the grid's maximum: grid up {flag}"
+        return f"[limits] {name}"
+
+
+def _limit_value(name: str, value: Any) -> Any:
+    shown = f"{sources.PROJECT_FILE}: [limits] {name}"
+    if name == "max_callstack":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BundleError(f"{shown} must be a whole number, got {value!r}")
+        if value < 1:
+            raise BundleError(f"{shown} must be at least 1, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BundleError(f"{shown} must be a number, got {value!r}")
+    if not value > 0 or value != value or value == float("inf"):
+        raise BundleError(f"{shown} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+GRID_MAXIMA = Limits(eval_budget=60.0, max_callstack=10000, suspend_after=300.0)
+"""The grid's own maxima unless it is started with others (grid up --max-eval-budget, --max-callstack,
+--max-suspend-after). 10,000 frames fit the 8 MiB stack of a flow thread with room to spare (about
+40,000 do not)."""
 
 
 @dataclass
@@ -188,11 +239,14 @@ class FlowExecution:
             except Exception as exc:  # a value starlark-pyo3 cannot convert
                 raise ArgumentError(f"the result of flow {self.task.name or function} is not JSON-representable: {exc}")
             journal.check_json(value, f"the result of flow {self.task.name or function}")
+            journal.check_size(journal.canonical_json(value), f"the result of flow {self.task.name or function}")
             return Completed(value)
         except sl.StarlarkError as exc:
             return self._outcome_of(exc)
         except (ScriptError, ArgumentError) as exc:
             return Failed(str(exc), getattr(exc, "detail", "") or str(exc), kind=type(exc).__name__)
+        except BaseException as exc:  # pyo3 raises a Rust panic as PanicException, a BaseException
+            return _crashed(exc)
 
     def _open_resources(self) -> Outcome | None:
         """Open the child's resources (each a journaled ``open`` action) before its implementation runs."""
@@ -241,7 +295,8 @@ class FlowExecution:
             message = habits.with_hint(f"Variable `{missing[1]}` not found", habits.name_hint(missing[1]))
         if "call stack overflow" in message:
             return Failed(
-                f"call stack limit exceeded ({self.limits.max_callstack} frames; [limits] max_callstack)",
+                f"call stack limit exceeded ({self.limits.max_callstack} frames; "
+                f"{self.limits.hint('max_callstack', '--max-callstack')})",
                 text, kind="LimitError",
             )
         return Failed(f"{location}: {message}" if location else message, text)
@@ -255,7 +310,7 @@ class FlowExecution:
         if time.thread_time() - self._cpu_since > self.limits.eval_budget:
             self._abort = LimitError(
                 f"evaluation budget exceeded: more than {self.limits.eval_budget:g} s of evaluation "
-                "without an action ([limits] eval_budget)"
+                f"without an action ({self.limits.hint('eval_budget', '--max-eval-budget')})"
             )
             return True
         return False
@@ -308,7 +363,7 @@ class FlowExecution:
     def on_action(self, kind: str, payload: str, stack: str) -> dict[str, Any]:
         try:
             args = json.loads(payload)
-            args_json = journal.canonical_json(args)
+            args_json = journal.check_size(journal.canonical_json(args), f"the request of {kind}()")
             digest = journal.request_hash(kind, args_json)
             callsite = journal.user_callsite(stack)
             self._seq += 1
@@ -359,6 +414,13 @@ class FlowExecution:
         failure = _FlowFailure(error if isinstance(error, str) else json.dumps(error))
         self._abort = self._abort or failure
         raise failure
+
+
+def _crashed(exc: BaseException) -> Failed:
+    """The outcome of an evaluation the evaluator itself gave up on (the flow fails, the worker lives)."""
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc):
+        return Failed("out of memory: this flow needed more memory than its worker may use", kind="MemoryError")
+    return Failed(f"the evaluator crashed: {type(exc).__name__}: {exc}", kind="InternalError")
 
 
 def _load_line(tree: sources.SourceTree, current: str, target: str) -> int:

@@ -23,6 +23,23 @@ ALL_KINDS = LOCAL_KINDS | ATOMIC_KINDS | DEFERRED_KINDS
 
 INTERRUPTED = "interrupted: may or may not have taken effect"
 
+MAX_VALUE_BYTES = 4 * 1024 * 1024
+"""Largest JSON value the journal holds: an action's arguments, its result, a flow's result."""
+
+
+def mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
+def check_size(text: str, what: str) -> str:
+    """Refuse a value over MAX_VALUE_BYTES (as canonical JSON), naming it and the limit."""
+    if len(text) <= MAX_VALUE_BYTES // 4:  # no UTF-8 character takes more than 4 bytes
+        return text
+    size = len(text.encode())
+    if size > MAX_VALUE_BYTES:
+        raise ArgumentError(f"{what} is {mib(size)}, over the {MAX_VALUE_BYTES // (1024 * 1024)} MiB limit")
+    return text
+
 
 def canonical_json(value: Any) -> str:
     """One spelling for each JSON value: sorted keys, no spaces, finite numbers only."""

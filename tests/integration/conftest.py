@@ -18,6 +18,7 @@ from flowmetal_cli.bundle import build_bundle
 from flowmetal_cli.client import GridClient
 from grid_local.home import GridPaths, pid_alive
 from grid_local.supervisor import start_background, stop_background
+from grid_local.worker.settings import WorkerSettings
 from tests.helpers import LoopbackServer, QuietJsonHandler, write_file
 from tests.integration.docker_engine import docker_engine  # noqa: F401  (a session fixture)
 
@@ -111,10 +112,11 @@ def grid_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[An
     (project / "flowmetal.toml").write_text('[project]\nname = "it"\n')
     started: list[Grid] = []
 
-    def start(workers: int = 2, extra_env: dict[str, str] | None = None) -> Grid:
+    def start(workers: int = 2, extra_env: dict[str, str] | None = None,
+              worker_settings: WorkerSettings | None = None) -> Grid:
         for key, value in (extra_env or {}).items():
             monkeypatch.setenv(key, value)
-        state = start_background(paths, workers=workers)
+        state = start_background(paths, workers=workers, worker_settings=worker_settings)
         grid = Grid(paths, state, {**env, **(extra_env or {})}, project)
         started.append(grid)
         return grid

@@ -1,0 +1,104 @@
+"""[limits] from flowmetal.toml within the grid's maxima, worker settings, and evaluation slots."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from grid_local.errors import BundleError
+from grid_local.runtime.execution import GRID_MAXIMA, Failed, Limits
+from grid_local.worker.settings import WorkerSettings
+from grid_local.worker.slots import Slots
+
+
+def test_a_bundle_lowers_limits_but_cannot_raise_them_above_the_grids_maxima() -> None:
+    maxima = Limits(eval_budget=5.0, max_callstack=200, suspend_after=30.0)
+
+    lowered = Limits.from_settings({"limits": {"eval_budget": 0.5, "max_callstack": 40}}, maxima)
+    raised = Limits.from_settings({"limits": {"eval_budget": 1e9, "max_callstack": 100000000}}, maxima)
+
+    assert (lowered.eval_budget, lowered.max_callstack, lowered.capped) == (0.5, 40, ())
+    assert (raised.eval_budget, raised.max_callstack) == (5.0, 200)
+    assert raised.capped == ("eval_budget", "max_callstack")
+    assert raised.hint("eval_budget", "--max-eval-budget") == (
+        "[limits] eval_budget, capped at the grid's maximum: grid up --max-eval-budget")
+    assert Limits.from_settings({}, GRID_MAXIMA) == Limits()
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"eval_budget": "abc"}, "flowmetal.toml: [limits] eval_budget must be a number, got 'abc'"),
+    ({"eval_budget": True}, "flowmetal.toml: [limits] eval_budget must be a number, got True"),
+    ({"suspend_after": -1}, "flowmetal.toml: [limits] suspend_after must be a positive number of seconds, got -1"),
+    ({"max_callstack": 2.5}, "flowmetal.toml: [limits] max_callstack must be a whole number, got 2.5"),
+    ({"max_callstack": 0}, "flowmetal.toml: [limits] max_callstack must be at least 1, got 0"),
+    ({"eval_budgett": 1}, "flowmetal.toml: [limits] has no setting 'eval_budgett' "
+                          "(known: eval_budget, max_callstack, suspend_after)"),
+])
+def test_a_bad_limit_is_refused_naming_the_setting_and_the_value(section: dict[str, object], message: str) -> None:
+    with pytest.raises(BundleError) as refused:
+        Limits.from_settings({"limits": section})
+    assert str(refused.value) == message
+
+
+def test_a_flow_hitting_a_capped_budget_is_told_where_the_cap_comes_from(flow_project) -> None:  # type: ignore[no-untyped-def]
+    flow_project.write("main.flow", "n = 0\nfor i in range(2000000000):\n    n += i\n")
+    limits = Limits.from_settings({"limits": {"eval_budget": 100}}, Limits(eval_budget=0.3))
+
+    _, _, outcome = flow_project.run(limits=limits)
+
+    assert isinstance(outcome, Failed)
+    assert outcome.message == ("evaluation budget exceeded: more than 0.3 s of evaluation without an action "
+                               "([limits] eval_budget, capped at the grid's maximum: grid up --max-eval-budget)")
+
+
+def test_worker_settings_round_trip_through_the_command_line() -> None:
+    import argparse
+
+    settings = WorkerSettings(slots=3, max_waiting=7, memory_mib=300, max_eval_budget=2.5, max_callstack=500,
+                              max_suspend_after=40)
+    parser = argparse.ArgumentParser()
+    WorkerSettings.add_arguments(parser)
+
+    assert WorkerSettings.from_options(parser.parse_args(settings.argv())) == settings
+    assert settings.maxima == Limits(eval_budget=2.5, max_callstack=500, suspend_after=40)
+    assert WorkerSettings(max_callstack=100000).stack_bytes >= 100000 * 400
+
+
+def test_a_waiting_flow_gives_its_slot_back_and_takes_one_again_before_new_claims() -> None:
+    slots = Slots(capacity=1, max_waiting=2)
+    slots.take()
+    assert slots.free() == 0
+
+    assert slots.start_waiting()  # the one evaluating flow waits: the worker may claim another
+    assert slots.free() == 1
+    slots.take()
+
+    woke = threading.Event()
+
+    def result_arrives() -> None:
+        slots.stop_waiting()
+        woke.set()
+
+    waiter = threading.Thread(target=result_arrives)
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while slots.counts()["queued"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert slots.counts() == {"evaluating": 1, "waiting": 0, "queued": 1}
+    assert slots.free() == -1 and not woke.is_set()  # it waits for the slot, and no claim goes first
+
+    slots.give_back()
+    waiter.join(5)
+    assert woke.is_set() and slots.counts() == {"evaluating": 1, "waiting": 0, "queued": 0}
+
+
+def test_past_max_waiting_a_flow_that_starts_to_wait_keeps_its_slot_to_suspend() -> None:
+    slots = Slots(capacity=4, max_waiting=1)
+    slots.take()
+    slots.take()
+
+    assert slots.start_waiting()
+    assert not slots.start_waiting()
+    assert slots.counts() == {"evaluating": 1, "waiting": 1, "queued": 0}
