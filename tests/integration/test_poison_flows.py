@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from grid_local.worker.settings import WorkerSettings
@@ -30,6 +31,9 @@ def test_a_flow_that_kills_its_worker_fails_after_three_deaths_and_the_grid_goes
     expected = "the worker evaluating this flow died 3 times: last exit: out of memory (memory allocation of"
     assert child["status"] == "failed" and child["error"]["message"].startswith(expected), child["error"]
     assert expected in root["error"]["message"]  # the parent gets the child's error
+    deadline = time.monotonic() + 30  # the supervisor restarts the third one just after it reported it
+    while sum(p["restarts"] for p in grid.processes("worker")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert sum(p["restarts"] for p in grid.processes("worker")) == 3
 
     fine = grid.write("fine.flow", 'print("still fine")\n')
