@@ -11,11 +11,13 @@ import contextlib
 import json
 import sqlite3
 import sys
+import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -63,6 +65,18 @@ def field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], defaul
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BadRequest(f"field '{name}' has the wrong type")
     return value
+
+
+async def routing_error(request: Request, exc: Exception) -> Response:
+    """The router's own refusals (no such path or method) in the same {error, message} shape."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 400
+    error = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request")
+    return error_response(status, error, f"the Worker API has no {request.method} {request.url.path} ({exc})")
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    traceback.print_exception(exc, file=sys.stderr)
+    return error_response(500, "internal", f"the Worker API failed: {type(exc).__name__}: {exc}")
 
 
 def handle_errors(handler: Any) -> Any:
@@ -336,7 +350,8 @@ class WorkerApi:
             Route("/v1/connectors/resources/finished", handle_errors(self.finished), methods=["POST"]),
             Route("/v1/connectors/log", handle_errors(self.log), methods=["POST"]),
         ]
-        app = Starlette(routes=routes, lifespan=self.lifespan)
+        app = Starlette(routes=routes, lifespan=self.lifespan, exception_handlers={
+            HTTPException: routing_error, Exception: internal_error})
         app.state.db_path = self.db_path
         return app
 

@@ -79,6 +79,8 @@ def test_worker_api_refuses_bad_input_without_writing(grid: Grid) -> None:
             ("POST", "/v1/flows/nope/finish", {"json": {"worker": "w", "epoch": 1, "status": "exploded"}}, 400),
             ("POST", "/v1/connectors/results", {"json": {"flow_id": "x", "seq": "one", "result": {}}}, 400),
             ("POST", "/v1/workers/claim", {"content": b"{" + b" " * (5 * 1024 * 1024) + b"}"}, 400),
+            ("GET", "/v1/no/such/path", {}, 404),
+            ("GET", "/v1/workers/claim", {}, 405),
         ]
         for method, path, kwargs, status in cases:
             _assert_error(api.request(method, path, **kwargs), status)
