@@ -182,6 +182,10 @@ class ClientApi:
             raise HTTPException(401, "the token was refused")
         return identity
 
+    def owner(self, who: Identity) -> str | None:
+        """Whose bundles a caller sees: its subtree's on a grid with tokens, every one on the local grid."""
+        return who.quota if self.tokens is not None else None
+
     async def visible_flow(self, flow_id: str, who: Identity) -> dict[str, Any]:
         flow = await self.db.get_flow(flow_id)
         require_visible(flow, who)
@@ -271,13 +275,13 @@ class ClientApi:
                 bundle = read_bundle(data, digest)
             except BundleError as exc:
                 raise HTTPException(400, f"bundle refused: {exc}") from None
-            created = await self.db.put_bundle(bundle.digest, data, bundle.entry)
+            created = await self.db.put_bundle(bundle.digest, data, bundle.entry, self.owner(who))
             return {"digest": bundle.digest, "created": created, "entry": bundle.entry, "files": sorted(bundle.files)}
 
         @app.head("/v1/bundles/{digest}", summary="Does the grid hold this bundle",
                   responses={200: {"description": "The grid holds it"}, **answers(404)})
         async def has_bundle(digest: str, who: Identity = ident) -> Response:
-            if await self.db.has_bundle(digest):
+            if await self.db.has_bundle(digest, self.owner(who)):
                 return Response(status_code=200)
             return Response(status_code=404, media_type="application/json")  # (a HEAD's 404 has no body)
 
@@ -285,12 +289,14 @@ class ClientApi:
                  responses={200: {"content": {"application/zip": {}}, "description": "The bundle archive"},
                             **answers(404)})
         async def get_bundle(digest: str, who: Identity = ident) -> Response:
-            return Response(await self.db.get_bundle(digest), media_type="application/zip")
+            return Response(await self.db.get_bundle(digest, self.owner(who)), media_type="application/zip")
 
         @app.post("/v1/flows", status_code=201, summary="Start a root flow from an uploaded bundle",
                   responses=answers(403, 404, 429, *writes))
         async def start_flow(body: StartFlow, who: Identity = ident) -> dict[str, Any]:
             node = start_node(who, body.quota)
+            if not await self.db.has_bundle(body.bundle, self.owner(who)):
+                raise HTTPException(404, f"no bundle {body.bundle}")
             try:
                 check_json(body.args, "flow arguments")
             except ArgumentError as exc:
@@ -363,7 +369,7 @@ class ClientApi:
         @app.get("/v1/processes", summary="The grid's processes (workers and connectors)", responses=answers())
         async def processes(who: Identity = ident) -> dict[str, Any]:
             state = self.paths.read_state() or {}
-            holdings = await self.db.holdings()
+            holdings = await self.db.holdings(who.quota if self.tokens is not None else "/")
             found = []
             for process in state.get("processes", []):
                 process = dict(process)
@@ -402,9 +408,11 @@ class ClientApi:
                  responses=answers(403, 404, *writes))
         async def deploy(name: str, body: Deployment, who: Identity = ident) -> dict[str, Any]:
             require_writer(who, "deploy")
-            if not await self.db.has_bundle(body.digest):
+            if not await self.db.has_bundle(body.digest, self.owner(who)):
                 raise HTTPException(404, f"no bundle {body.digest}: upload it first")
-            await self.db.put_deployment(name, body.digest, who.quota)
+            if not await self.db.put_deployment(name, body.digest, who.quota):
+                raise HTTPException(403, f"deployment {name} belongs to a quota node outside {who.quota} "
+                                         "(deployment names are shared by the grid: choose another)")
             return await self.db.get_deployment(name)
 
         @app.get("/v1/deployments", summary="List deployments", responses=answers())
@@ -416,8 +424,8 @@ class ClientApi:
         async def start_deployment(name: str, body: StartDeployment, who: Identity = ident) -> dict[str, Any]:
             require_writer(who, "start flows")
             deployment = await self.db.get_deployment(name)
-            if not _under(deployment["quota"], who.quota):
-                raise HTTPException(403, f"deployment {name} is outside your quota node {who.quota}")
+            if not _under(deployment["quota"], who.quota):  # answered exactly as an unknown name
+                raise HTTPException(404, f"no deployment named '{name}'")
             return await start_flow(StartFlow(bundle=deployment["digest"], args=body.args, name=name), who)
 
         app.include_router(hooks_router(self))

@@ -52,8 +52,8 @@ def require_writer(who: Identity, what: str) -> None:
 
 
 def require_visible(flow: dict[str, Any], who: Identity) -> None:
-    if not qt.under(flow["quota"], who.quota):
-        raise refuse(f"flow {flow['id']} is outside your quota node {who.quota}")
+    if not qt.under(flow["quota"], who.quota):  # answered exactly as an unknown id: ids cannot be probed
+        raise HTTPException(404, f"no flow {flow['id']}")
     if not qt.may_see(who.role, who.quota, who.user, flow["quota"], flow["username"]):
         raise refuse(f"flow {flow['id']} is {flow['username']}'s: a member of {who.quota} sees only its own flows")
 

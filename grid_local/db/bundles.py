@@ -1,10 +1,17 @@
-"""Bundles (content-addressed archives) and deployments (names pointing at a bundle)."""
+"""Bundles (content-addressed archives) and deployments (names pointing at a bundle).
+
+A bundle belongs to every quota node that uploaded it (``bundle_owners``): on a grid with tokens a
+caller sees a bundle only when its own subtree owns it, so knowing a digest is not a key to it. A
+deployment belongs to the node that made it and is replaced only by a caller whose subtree holds it.
+``owner=None`` (the local grid, and the Worker API) sees every bundle.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from grid_local import quota_tree as qt
 from grid_local.db.engine import SqliteEngine
 from grid_local.db.rows import under
 from grid_local.errors import NotFoundError
@@ -14,32 +21,48 @@ class Bundles:
     def __init__(self, engine: SqliteEngine) -> None:
         self.engine = engine
 
-    async def put_bundle(self, digest: str, data: bytes, entry: str) -> bool:
-        """Store a bundle; returns False when the grid already held it (uploads are idempotent)."""
+    async def put_bundle(self, digest: str, data: bytes, entry: str, owner: str | None = None) -> bool:
+        """Store a bundle for ``owner``; False when that owner already held it (uploads are idempotent)."""
         async with self.engine.transaction():
-            return await self.engine.execute(
+            created = await self.engine.execute(
                 "INSERT OR IGNORE INTO bundles (digest, data, entry, size, created) VALUES (?, ?, ?, ?, ?)",
                 digest, data, entry, len(data), time.time(),
             ) == 1
+            if owner is None:
+                return created
+            return await self.engine.execute(
+                "INSERT OR IGNORE INTO bundle_owners (digest, quota, created) VALUES (?, ?, ?)",
+                digest, owner, time.time(),
+            ) == 1
 
-    async def has_bundle(self, digest: str) -> bool:
-        return await self.engine.one("SELECT 1 FROM bundles WHERE digest = ?", digest) is not None
+    async def has_bundle(self, digest: str, owner: str | None = None) -> bool:
+        """Whether the grid holds the bundle (for ``owner``: whether a node of that subtree uploaded it)."""
+        if owner is None:
+            return await self.engine.one("SELECT 1 FROM bundles WHERE digest = ?", digest) is not None
+        return await self.engine.one(
+            f"SELECT 1 FROM bundle_owners WHERE digest = ? AND {qt.subtree_sql()}", digest, *qt.subtree_params(owner),
+        ) is not None
 
-    async def get_bundle(self, digest: str) -> bytes:
+    async def get_bundle(self, digest: str, owner: str | None = None) -> bytes:
         row = await self.engine.one("SELECT data FROM bundles WHERE digest = ?", digest)
-        if row is None:
+        if row is None or (owner is not None and not await self.has_bundle(digest, owner)):
             raise NotFoundError(f"no bundle {digest}")
         return bytes(row["data"])
 
-    async def put_deployment(self, name: str, digest: str, quota: str) -> None:
+    async def put_deployment(self, name: str, digest: str, quota: str) -> bool:
+        """Register or replace a deployment; False (and nothing written) when the name belongs to a node
+        outside ``quota``'s subtree. A replaced deployment keeps the node it belongs to."""
         now = time.time()
         async with self.engine.transaction():
+            row = await self.engine.one("SELECT quota FROM deployments WHERE name = ?", name)
+            if row is not None and not qt.under(row["quota"], quota):
+                return False
             await self.engine.execute(
                 "INSERT INTO deployments (name, digest, quota, created, updated) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET digest = excluded.digest, quota = excluded.quota, "
-                "updated = excluded.updated",
+                "ON CONFLICT(name) DO UPDATE SET digest = excluded.digest, updated = excluded.updated",
                 name, digest, quota, now, now,
             )
+            return True
 
     async def list_deployments(self, quota_prefix: str = "/") -> list[dict[str, Any]]:
         rows = await self.engine.all("SELECT * FROM deployments ORDER BY name")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from grid_local import quota_tree as qt
 from grid_local.db.engine import Row, SqliteEngine, dumps, loads
 from grid_local.db.leases import check_held
 from grid_local.db.quotas import Quotas
 from grid_local.db.results import record_once
-from grid_local.db.rows import flow_json, new_id, under
+from grid_local.db.rows import flow_json, new_id
 from grid_local.errors import NotFoundError, QuotaError
 from grid_local.runtime import journal as jr
 
@@ -97,10 +98,13 @@ class Flows:
             params.append(root)
         if roots_only:
             sql += " AND parent IS NULL"
+        if quota != "/":  # the tenant filter is in the query, so the limit counts only the caller's flows
+            sql += f" AND {qt.subtree_sql()}"
+            params.extend(qt.subtree_params(quota))
         sql += " ORDER BY created DESC LIMIT ?"
         params.append(limit)
         rows = await self.engine.all(sql, *params)
-        return [flow_json(r) for r in rows if under(r["quota"], quota)]
+        return [flow_json(r) for r in rows]
 
     async def finished_among(self, flow_ids: list[str]) -> list[str]:
         """Which of these flows have ended (their resources can be closed)."""

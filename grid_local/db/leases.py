@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from grid_local import quota_tree as qt
 from grid_local.db.engine import Row, SqliteEngine, dumps, loads
 from grid_local.db.quotas import Quotas
 from grid_local.db.results import record_once
@@ -232,13 +233,18 @@ class Leases:
         ):
             await self.record_result(row["flow_id"], row["seq"], jr.err(jr.INTERRUPTED))
 
-    async def holdings(self) -> dict[str, dict[str, list[Any]]]:
-        """What each worker and connector holds now: leased flows, and requests in flight."""
+    async def holdings(self, quota: str = "/") -> dict[str, dict[str, list[Any]]]:
+        """What each worker and connector holds now: leased flows, and requests in flight (of the flows
+        in the subtree at ``quota``)."""
         held: dict[str, dict[str, list[Any]]] = {}
-        for row in await self.engine.all("SELECT id, lease_owner FROM flows WHERE lease_owner IS NOT NULL"):
+        mine = qt.subtree_sql("f.quota")
+        for row in await self.engine.all(
+            f"SELECT id, lease_owner FROM flows f WHERE lease_owner IS NOT NULL AND {mine}", *qt.subtree_params(quota)
+        ):
             held.setdefault(row["lease_owner"], {"flows": [], "requests": []})["flows"].append(row["id"])
         for row in await self.engine.all(
-            "SELECT flow_id, seq, kind, executor FROM journal WHERE executor IS NOT NULL AND result IS NULL"
+            "SELECT j.flow_id, j.seq, j.kind, j.executor FROM journal j JOIN flows f ON f.id = j.flow_id "
+            f"WHERE j.executor IS NOT NULL AND j.result IS NULL AND {mine}", *qt.subtree_params(quota)
         ):
             held.setdefault(row["executor"], {"flows": [], "requests": []})["requests"].append(
                 {"flow_id": row["flow_id"], "seq": row["seq"], "kind": row["kind"]}

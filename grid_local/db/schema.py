@@ -243,4 +243,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE flows ADD COLUMN worker_deaths INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE flows ADD COLUMN deaths_at_seq INTEGER NOT NULL DEFAULT -1;
     """,
+    # 7: who owns a bundle: the quota nodes that uploaded it (a digest one tenant knows is not a key to
+    # another's bundle); the bundles of existing flows and deployments belong to their nodes
+    """
+    CREATE TABLE bundle_owners (
+        digest      TEXT NOT NULL REFERENCES bundles(digest),
+        quota       TEXT NOT NULL,
+        created     REAL NOT NULL,
+        PRIMARY KEY (digest, quota)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO bundle_owners (digest, quota, created)
+        SELECT DISTINCT bundle, quota, 0 FROM flows WHERE parent IS NULL;
+    INSERT OR IGNORE INTO bundle_owners (digest, quota, created) SELECT digest, quota, 0 FROM deployments;
+    """,
 ]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from flowmetal_cli.bundle import build_bundle
@@ -159,3 +160,91 @@ def test_a_flow_cannot_wait_send_or_exec_outside_its_authority(shared: Shared) -
     ci.send(holder, "from ci")
     assert wait_finished(ci, victim)["status"] == "completed", ci.get_flow(victim)
     assert logs(ci, victim)[-2:] == ["got from ci", "after private"]
+
+
+SLEEPER = """
+if __name__ == "__flow__":
+    print("started")
+    fctx().actions.receive(timeout = 120)
+"""
+
+
+def raw(shared: Shared, token: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    return httpx.request(method, shared.url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30, **kwargs)
+
+
+def test_api_answers_a_foreign_flow_as_an_unknown_one(shared: Shared) -> None:
+    ci_flow = shared.start("ci-token", "sleeper.flow", SLEEPER)
+    unknown = "0123456789ab"
+    for method, suffix, body in (("GET", "", None), ("POST", "/cancel", None), ("POST", "/messages", {"value": 1}),
+                                 ("POST", "/inject", {"action": "fail"})):
+        foreign = raw(shared, "web-token", method, f"/v1/flows/{ci_flow}{suffix}", json=body)
+        missing = raw(shared, "web-token", method, f"/v1/flows/{unknown}{suffix}", json=body)
+        assert foreign.status_code == missing.status_code == 404, (suffix, foreign.text)
+        assert foreign.json() == {"error": "not_found", "message": f"no flow {ci_flow}"}
+        assert missing.json() == {"error": "not_found", "message": f"no flow {unknown}"}
+    events = raw(shared, "web-token", "GET", "/v1/events", params={"root": ci_flow})
+    assert events.status_code == 404 and events.json()["message"] == f"no flow {ci_flow}"
+    assert shared.client("ci-token").get_flow(ci_flow)["status"] not in FINISHED  # nothing was done to it
+    shared.client("ci-token").cancel(ci_flow)
+
+
+def test_listing_filters_by_tenant_before_the_limit(shared: Shared) -> None:
+    web_flow = shared.start("web-token", "quick.flow", 'print("quick")\n')
+    wait_finished(shared.client("web-token"), web_flow)
+    ci_flow = shared.start("ci-token", "quick.flow", 'print("quick")\n')  # newer than every web flow
+    wait_finished(shared.client("ci-token"), ci_flow)
+    newest = shared.client("web-token").list_flows(limit=1)
+    assert [f["id"] for f in newest] == [web_flow], newest
+
+
+def test_processes_show_only_the_callers_held_flows(shared: Shared) -> None:
+    ci, web = shared.client("ci-token"), shared.client("web-token")
+    ci_flow = shared.start("ci-token", "sleeper.flow", SLEEPER)
+    wait_for_line(ci, ci_flow, "started")
+
+    def held(client: GridClient) -> set[str]:
+        return {f for p in client.processes() for f in p["held_flows"] + [r["flow_id"] for r in p["requests"]]}
+
+    deadline = time.monotonic() + 30
+    while ci_flow not in held(ci):  # held while its worker keeps it in memory, waiting for the message
+        assert time.monotonic() < deadline, "the ci flow was never held"
+        time.sleep(0.05)
+    seen_by_web = held(web)
+    assert ci_flow not in seen_by_web
+    assert all(web.get_flow(f)["quota"] == "/acme/web" for f in seen_by_web)
+    ci.cancel(ci_flow)
+
+
+def test_bundles_and_deployments_belong_to_their_quota_node(shared: Shared) -> None:
+    ci, web = shared.client("ci-token"), shared.client("web-token")
+    built = build_bundle(write_file(shared.project, "deployed.flow", 'print("ci build")\n'))
+    ci.upload_bundle(built.data, built.digest)
+    ci.deploy("build", built.digest)
+
+    # The digest is not a key: web neither sees, reads, starts nor deploys ci's bundle.
+    assert not web.has_bundle(built.digest)
+    for method, path, body in (("GET", f"/v1/bundles/{built.digest}", None),
+                               ("POST", "/v1/flows", {"bundle": built.digest}),
+                               ("PUT", "/v1/deployments/mine", {"digest": built.digest})):
+        answer = raw(shared, "web-token", method, path, json=body)
+        assert answer.status_code == 404, (path, answer.text)
+        assert answer.json()["message"].startswith(f"no bundle {built.digest}"), answer.text
+
+    # web cannot overwrite ci's deployment by name, and ci's deployment stays ci's.
+    own = build_bundle(write_file(shared.project, "attacker-deploy.flow", 'print("web build")\n'))
+    web.upload_bundle(own.data, own.digest)
+    taken = raw(shared, "web-token", "PUT", "/v1/deployments/build", json={"digest": own.digest})
+    assert taken.status_code == 403 and "belongs to a quota node outside /acme/web" in taken.json()["message"]
+    assert [(d["name"], d["digest"], d["quota"]) for d in ci.deployments() if d["name"] == "build"] == \
+        [("build", built.digest, "/acme/ci")]
+    assert "build" not in [d["name"] for d in web.deployments()]
+    foreign = raw(shared, "web-token", "POST", "/v1/deployments/build/start", json={})
+    missing = raw(shared, "web-token", "POST", "/v1/deployments/nosuch/start", json={})
+    assert (foreign.status_code, missing.status_code) == (404, 404)
+    assert foreign.json()["message"] == "no deployment named 'build'"
+
+    # web uploading the same bytes makes them its own too (created for web), without touching ci's.
+    assert web.upload_bundle(built.data, built.digest)["created"] is True
+    assert web.has_bundle(built.digest) and ci.has_bundle(built.digest)
+    assert ci.deploy("build", built.digest)["quota"] == "/acme/ci"  # its owner may replace it
