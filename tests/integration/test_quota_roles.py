@@ -2,7 +2,8 @@
 
 Tokens: ops admin of /, ann admin of /acme, alice and bob members of /acme/ci, vic viewer of
 /acme, otto admin of /other. Every endpoint of the OpenAPI document is in the table below (a new
-endpoint without a row fails the coverage test); each refusal is a 403 that changes no row.
+endpoint without a row fails the coverage test); each refusal is a 403 that changes no row. A flow
+or deployment outside the caller's subtree answers 404, exactly as an unknown one, and changes no row.
 """
 
 from __future__ import annotations
@@ -90,18 +91,18 @@ ROWS: list[tuple[str, str, str, Any, dict[str, int]]] = [
     ("POST", "/v1/flows", "/v1/flows", {"bundle": "{D}"}, {"vic": 403}),
     ("GET", "/v1/flows", "/v1/flows", None, {u: 200 for u in USERS}),
     ("GET", "/v1/flows/{flow_id}", f"/v1/flows/{A}", None,
-     {"alice": 200, "bob": 403, "ann": 200, "vic": 200, "ops": 200, "otto": 403}),
-    ("GET", "/v1/flows/{flow_id}/why", f"/v1/flows/{A}/why", None, {"alice": 200, "bob": 403, "vic": 200, "otto": 403}),
-    ("GET", "/v1/events", "/v1/events?root={A}", None, {"alice": 200, "bob": 403, "vic": 200, "otto": 403}),
+     {"alice": 200, "bob": 403, "ann": 200, "vic": 200, "ops": 200, "otto": 404}),
+    ("GET", "/v1/flows/{flow_id}/why", f"/v1/flows/{A}/why", None, {"alice": 200, "bob": 403, "vic": 200, "otto": 404}),
+    ("GET", "/v1/events", "/v1/events?root={A}", None, {"alice": 200, "bob": 403, "vic": 200, "otto": 404}),
     ("POST", "/v1/flows/{flow_id}/messages", f"/v1/flows/{A}/messages", {"value": 1, "inbox": "other"},
-     {"bob": 403, "vic": 403, "otto": 403, "alice": 201, "ann": 201}),
+     {"bob": 403, "vic": 403, "otto": 404, "alice": 201, "ann": 201}),
     ("POST", "/v1/flows/{flow_id}/inject", f"/v1/flows/{A}/inject", {"action": "delay", "seconds": 0},
-     {"bob": 403, "vic": 403, "otto": 403}),
+     {"bob": 403, "vic": 403, "otto": 404}),
     ("GET", "/v1/processes", "/v1/processes", None, {"vic": 200, "alice": 200}),
     ("POST", "/v1/processes/{pid}/kill", "/v1/processes/1/kill", None, {"ops": 403, "vic": 403}),
     ("PUT", "/v1/deployments/{name}", "/v1/deployments/vics", {"digest": "{D}"}, {"vic": 403}),
     ("GET", "/v1/deployments", "/v1/deployments", None, {"vic": 200}),
-    ("POST", "/v1/deployments/{name}/start", "/v1/deployments/dep/start", {"args": {}}, {"vic": 403, "otto": 403}),
+    ("POST", "/v1/deployments/{name}/start", "/v1/deployments/dep/start", {"args": {}}, {"vic": 403, "otto": 404}),
     ("POST", "/hooks/{name}", "/hooks/nope", None, {"vic": 404}),
     ("PUT", "/v1/hooks/{name}", "/v1/hooks/h", {"deployment": "dep", "signature": "none"}, {"vic": 403, "otto": 403}),
     ("GET", "/v1/hooks", "/v1/hooks", None, {"vic": 200}),
@@ -121,7 +122,7 @@ ROWS: list[tuple[str, str, str, Any, dict[str, int]]] = [
      {"alice": 403, "vic": 403, "otto": 403, "ann": 200}),
     ("PUT", "/v1/quota/nodes/{path}", "/v1/quota/nodes/acme", {"running": 9}, {"ann": 403, "ops": 200}),
     ("POST", "/v1/quota/cancel", "/v1/quota/cancel", {"node": "/acme"}, {"vic": 403, "otto": 403, "alice": 403}),
-    ("POST", "/v1/flows/{flow_id}/cancel", f"/v1/flows/{A}/cancel", None, {"bob": 403, "vic": 403, "otto": 403}),
+    ("POST", "/v1/flows/{flow_id}/cancel", f"/v1/flows/{A}/cancel", None, {"bob": 403, "vic": 403, "otto": 404}),
 ]
 
 
@@ -144,12 +145,12 @@ def test_each_role_on_each_endpoint(shared: Shared, row: tuple[str, str, str, An
     method, _, path, body, expected = row
     path, body = _fill(path, shared), _fill(body, shared)
     for user, status in expected.items():
-        before = shared.counts() if status == 403 else None
+        before = shared.counts() if status in (403, 404) else None
         answer = shared.call(user, method, path.split("?")[0], body,
                              **dict(p.split("=", 1) for p in path.split("?")[1].split("&")) if "?" in path else {})
         assert answer.status_code == status, (user, method, path, answer.text)
-        if status == 403:
-            assert answer.json()["error"] == "forbidden" and answer.json()["message"]
+        if status in (403, 404):
+            assert answer.json()["error"] == ("forbidden" if status == 403 else "not_found") and answer.json()["message"]
             assert shared.counts() == before, f"a refused {method} {path} by {user} changed rows"
 
 
