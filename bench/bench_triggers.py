@@ -4,7 +4,9 @@ H1 webhook latency over 100 signed deliveries, one at a time: request to 202 (``
 request to the flow running on a worker (``started``: the flow's first ``running`` event, stamped
 by the grid on the same clock); H2 sustained webhook throughput: 8 senders posting signed
 deliveries for ``--seconds`` seconds (accepted per second, and how long the grid then takes to
-finish every flow they started).
+finish every flow they started). On a second grid with a virtual clock: V1 a flow sleeping 7 days
+(start to completion, wall time), V2 an hourly schedule firing 24 times (a virtual day: from the
+schedule's creation to the 24th flow finished, wall time).
 
     python bench/bench_triggers.py [--workers 2] [--seconds 10]
 """
@@ -36,6 +38,7 @@ from grid_local.triggers.signatures import sign
 FINISHED = ("completed", "failed", "cancelled")
 SECRET = "bench-secret"
 HOOKED = "request = fctx().args.request\nfctx().actions.now()\n"
+WEEK = "a = fctx().actions\na.now()\na.sleep(7 * 24 * 3600)\na.now()\n"
 BODY = json.dumps({"action": "opened", "number": 1, "repository": {"full_name": "acme/api"}}).encode()
 
 
@@ -129,6 +132,38 @@ def throughput(client: GridClient, hook_url: str, seconds: float, senders: int =
           "finished_per_s": round(len(ids) / done, 1)})
 
 
+def virtual_clock(client: GridClient) -> None:
+    data, digest = write_bundle("week.flow", {"week.flow": WEEK}, {})
+    client.upload_bundle(data, digest)
+    runs = []
+    for _ in range(5):
+        began = time.perf_counter()
+        flow_id = client.start_flow(digest, {})["id"]
+        first_event(client, flow_id, FINISHED)
+        runs.append(time.perf_counter() - began)
+    flow = client.get_flow(flow_id)
+    nows = [e["result"]["value"] for e in flow["journal"] if e["kind"] == "now"]
+    emit({"workload": "V1", "virtual_seconds_slept": round(nows[1] - nows[0]), "runs": len(runs),
+          "median_wall_s": round(statistics.median(runs), 3), "best_wall_s": round(min(runs), 3)})
+
+    data, digest = write_bundle("tick.flow", {"tick.flow": "fctx().actions.now()\n"}, {})
+    client.upload_bundle(data, digest)
+    client.deploy("tick", digest)
+    began = time.perf_counter()
+    client.put_schedule("hourly", {"deployment": "tick", "cron": "0 * * * *", "overlap": "allow", "catch_up": "none"})
+    finished = 0
+    cursor = 0
+    while finished < 24:
+        page = client.events(after=cursor, wait=5)
+        cursor = page["cursor"]
+        finished += sum(1 for e in page["events"] if e["type"] == "flow" and e.get("status") == "completed"
+                        and e.get("name") == "tick")
+    elapsed = time.perf_counter() - began
+    client.schedule_action("hourly", "pause")
+    emit({"workload": "V2", "fires": 24, "virtual_hours": 24, "wall_s": round(elapsed, 3),
+          "wall_ms_per_fire": round(elapsed / 24 * 1000, 1)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)
@@ -151,6 +186,14 @@ def main() -> None:
             first_event(client, response.json()["flow_id"], FINISHED)
         latency(client, hook_url, options.runs)
         throughput(client, hook_url, options.seconds)
+    finally:
+        client.close()
+        stop_background(paths)
+    paths = GridPaths(Path(tempfile.mkdtemp(prefix="flowmetal-bench-")))
+    state = start_background(paths, workers=options.workers, clock="virtual")
+    client = GridClient(state["url"])
+    try:
+        virtual_clock(client)
     finally:
         client.close()
         stop_background(paths)

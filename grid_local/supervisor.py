@@ -98,8 +98,9 @@ class Child:
 
 class Supervisor:
     def __init__(self, paths: GridPaths, workers: int, host: str, client_port: int, tokens: Path | None,
-                 worker_settings: WorkerSettings | None = None) -> None:
+                 worker_settings: WorkerSettings | None = None, clock: str = "real") -> None:
         self.paths = paths
+        self.clock = clock  # the time flows see: real, or virtual (grid_local/db/clock.py)
         self.workers = workers
         self.worker_settings = worker_settings or WorkerSettings()
         self.host = host
@@ -199,7 +200,7 @@ class Supervisor:
         self.paths.write_state({
             "status": status, "pid": os.getpid(), "identity": self._identity,
             "url": self.client_url, "worker_url": self.worker_url,
-            "db": str(self.paths.db), "home": str(self.paths.home), "auth": bool(self.tokens),
+            "db": str(self.paths.db), "home": str(self.paths.home), "auth": bool(self.tokens), "clock": self.clock,
             "processes": [
                 {"role": "supervisor", "name": "supervisor", "pid": os.getpid(), "id": "supervisor",
                  "started": self._started, "restarts": 0},
@@ -249,7 +250,7 @@ class Supervisor:
         Nothing of a previous grid instance survives it (its children die with its supervisor), so
         every flow it leased is runnable again and every request it had in flight is declared
         interrupted now, instead of after their leases expire."""
-        flows, requests = prepare_flow_db(self.paths.db)
+        flows, requests = prepare_flow_db(self.paths.db, self.clock)
         if flows or requests:
             self.log(f"recovered from the previous grid: {flows} flows released, {requests} requests in flight "
                      "declared interrupted")
@@ -377,7 +378,7 @@ def remove_stale_state(paths: GridPaths) -> None:
 
 def start_background(
     paths: GridPaths, workers: int | None = None, listen: str | None = None, tokens: Path | None = None,
-    timeout: float = 30.0, worker_settings: WorkerSettings | None = None,
+    timeout: float = 30.0, worker_settings: WorkerSettings | None = None, clock: str = "real",
 ) -> dict[str, Any]:
     """Start a supervisor detached from this process and wait until its grid is ready."""
     argv = [sys.executable, "-m", "grid_local.supervisor", "--home", str(paths.home)]
@@ -390,6 +391,8 @@ def start_background(
         argv += ["--host", host or "127.0.0.1", "--port", port]
     if tokens:
         argv += ["--tokens", str(tokens.resolve())]
+    if clock != "real":
+        argv += ["--clock", clock]
     paths.logs.mkdir(parents=True, exist_ok=True)
     log_path = paths.logs / "supervisor.log"
     with open(log_path, "ab") as log:
@@ -441,10 +444,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--tokens", type=Path, default=None)
+    parser.add_argument("--clock", choices=["real", "virtual"], default="real")
     WorkerSettings.add_arguments(parser)
     options = parser.parse_args(argv)
     supervisor = Supervisor(GridPaths(options.home), options.workers, options.host, options.port, options.tokens,
-                            WorkerSettings.from_options(options))
+                            WorkerSettings.from_options(options), options.clock)
     if not supervisor.acquire_lock():
         print(f"error: a grid is already running for {options.home}", file=sys.stderr)
         sys.exit(2)

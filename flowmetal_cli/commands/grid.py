@@ -32,6 +32,7 @@ def up(
     max_eval_budget: Annotated[float, typer.Option("--max-eval-budget", min=0.001, help="Most seconds of evaluation between two actions a bundle's [limits] eval_budget may ask for.")] = _DEFAULTS.max_eval_budget,
     max_callstack: Annotated[int, typer.Option("--max-callstack", min=1, max=1000000, help="Deepest call stack a bundle's [limits] max_callstack may ask for.")] = _DEFAULTS.max_callstack,
     max_suspend_after: Annotated[float, typer.Option("--max-suspend-after", min=0.001, help="Most seconds a bundle's [limits] suspend_after may keep a waiting flow in memory.")] = _DEFAULTS.max_suspend_after,
+    clock: Annotated[str, typer.Option("--clock", help="real, or virtual: time stands still while anything can progress, then jumps to the next deadline (for testing long-running flows).")] = "real",
 ) -> None:
     """Start the local grid (APIs, workers, connectors) under $FLOWMETAL_HOME.
 
@@ -44,8 +45,12 @@ def up(
       flowmetal grid up --listen 127.0.0.1:8470 --tokens tokens.toml
 
       flowmetal grid up --slots 16 --worker-memory 1024 --max-eval-budget 30
+
+      flowmetal grid up --clock virtual
     """
     paths = GridPaths.current()
+    if clock not in ("real", "virtual"):
+        console.fail(f"--clock takes real or virtual, not '{clock}'", console.EXIT_USAGE)
     if listen and (":" not in listen or not listen.rpartition(":")[2].isdigit()):
         console.fail(f"--listen takes HOST:PORT, not '{listen}'", console.EXIT_USAGE)
     if listen and not tokens and not listen.startswith("127."):
@@ -64,13 +69,15 @@ def up(
             argv += ["--host", host, "--port", port]
         if tokens:
             argv += ["--tokens", str(tokens.resolve())]
-        supervisor_main(argv)
+        supervisor_main([*argv, "--clock", clock])
         return
     try:
-        state = start_background(paths, workers=workers, listen=listen, tokens=tokens, worker_settings=settings)
+        state = start_background(paths, workers=workers, listen=listen, tokens=tokens, worker_settings=settings,
+                                 clock=clock)
     except RuntimeError as exc:
         console.fail(str(exc), console.EXIT_UNREACHABLE)
-    typer.echo(f"grid up at {state['url']} (home {paths.home}, {workers} workers)")
+    virtual = ", virtual clock" if clock == "virtual" else ""
+    typer.echo(f"grid up at {state['url']} (home {paths.home}, {workers} workers{virtual})")
 
 
 @grid_app.command("down")
@@ -120,11 +127,12 @@ def status(json_output: Annotated[bool, typer.Option("--json", help="Machine-rea
     except Exception:
         healthy = True  # a token-protected grid answers 401, which still means it is up
     report = {"running": True, "url": state["url"], "worker_url": state["worker_url"], "db": state["db"],
-              "home": state["home"], "healthy": healthy, "processes": processes}
+              "home": state["home"], "healthy": healthy, "clock": state.get("clock", "real"), "processes": processes}
     if json_output:
         console.print_json(report)
         return
-    typer.echo(f"grid at {state['url']} ({'healthy' if healthy else 'NOT answering'}), db {state['db']}")
+    clock = ", virtual clock" if report["clock"] == "virtual" else ""
+    typer.echo(f"grid at {state['url']} ({'healthy' if healthy else 'NOT answering'}{clock}), db {state['db']}")
     for p in processes:
         mark = "up" if p["alive"] else "DOWN"
         typer.echo(f"  {p['role']:<16} {p['name']:<12} pid {p['pid']!s:<8} {mark:<5} restarts {p.get('restarts', 0)}")

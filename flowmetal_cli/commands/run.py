@@ -81,6 +81,7 @@ def run(
     args_json: Annotated[str | None, typer.Option("--args-json", help="Root flow arguments as a JSON object.")] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Print the flow id and return at once.")] = False,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Re-run on every change to the script or what it loads.")] = False,
+    virtual_clock: Annotated[bool, typer.Option("--virtual-clock", help="Run on an ephemeral local grid whose clock jumps over sleeps and timeouts whenever nothing else can happen (a week's sleep takes milliseconds).")] = False,
 ) -> None:
     """Bundle FILE, start it on a grid and stream its output.
 
@@ -99,8 +100,18 @@ def run(
       flowmetal run --arg name=world --arg count=3 job.flow
 
       flowmetal run --context=prod --detach nightly.flow
+
+      flowmetal run --virtual-clock weekly-reminder.flow
     """
     args = parse_args(arg, args_json)
+    if virtual_clock:
+        if watch or detach or context not in (None, "local"):
+            console.fail("--virtual-clock runs on an ephemeral local grid: not with --watch, --detach or --context",
+                         console.EXIT_USAGE)
+        from flowmetal_cli.ephemeral import run_with_virtual_clock
+
+        with console.edge():
+            raise typer.Exit(run_with_virtual_clock(file, args))
     if watch:
         from flowmetal_cli.watch import watch_and_run
 

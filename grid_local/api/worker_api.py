@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from grid_local.api.notify import Notifier, PeerPoke, long_poll, wait_for, watch_other_writers
+from grid_local.api.notify import ANY_CHANGE, Notifier, PeerPoke, long_poll, wait_for, watch_other_writers
 from grid_local.api.problems import RETRY_AFTER_SECONDS, storage_problem
 from grid_local.db.store import FlowStore
 from grid_local.errors import FlowmetalError, LeaseLostError, NotFoundError, StoreError
@@ -139,7 +139,7 @@ class WorkerApi:
     def _on_commit(self, notes: set[tuple[Any, ...]]) -> None:
         if ("deadlines",) in notes:
             self.deadlines_version += 1
-        self.notifier.publish(notes)
+        self.notifier.publish([*notes, ("commit",)])  # ("commit",): any change (a virtual clock's idleness)
 
     async def _reaper(self) -> None:
         while True:
@@ -283,12 +283,20 @@ class WorkerApi:
                 await wait_for(woken, wait)
         version = self.deadlines_version
         return JSONResponse({"version": version, "deadlines": await self.db.open_deadlines(),
-                             "schedules": await self.db.triggers.due_schedules()})
+                             "schedules": await self.db.triggers.due_schedules(),
+                             "now": await self.db.clock.now(), "virtual": self.db.clock.virtual})
 
     async def fire(self, request: Request) -> Response:
         data = await read_json(request)
         fired = await self.db.fire_deadline(field(data, "flow_id", str), field(data, "seq", int))
         return JSONResponse({"fired": fired})
+
+    async def advance_clock(self, request: Request) -> Response:
+        """A virtual clock jumps to the next deadline when nothing can progress except by time."""
+        wait = min(float(request.query_params.get("wait", "0")), MAX_WAIT)
+        advanced = await long_poll(self.notifier, [("commit",), ANY_CHANGE], wait, self.db.clock.advance_if_idle,
+                                   lambda found: found is not None)
+        return JSONResponse({"advanced": advanced is not None, "now": await self.db.clock.now()})
 
     async def fire_schedule(self, request: Request) -> Response:
         """The clock connector fires a schedule whose next fire time it saw come (once: see fire_schedule)."""
@@ -345,6 +353,7 @@ class WorkerApi:
             Route("/v1/connectors/{executor}/gone", handle_errors(self.executor_gone), methods=["POST"]),
             Route("/v1/connectors/clock/deadlines", handle_errors(self.deadlines)),
             Route("/v1/connectors/clock/fire", handle_errors(self.fire), methods=["POST"]),
+            Route("/v1/connectors/clock/advance", handle_errors(self.advance_clock), methods=["POST"]),
             Route("/v1/connectors/clock/schedules/fire", handle_errors(self.fire_schedule), methods=["POST"]),
             Route("/v1/connectors/inbox/deliver", handle_errors(self.deliver), methods=["POST"]),
             Route("/v1/connectors/resources/finished", handle_errors(self.finished), methods=["POST"]),

@@ -7,6 +7,10 @@ whole grid going down and fires at its original time, and a schedule's missed fi
 handled by its catch-up policy. A schedule's fire is one transaction on the Worker API's side,
 conditional on the next fire time this process saw: dying before, during or after it can never
 start a fire time's flow twice.
+
+With a virtual clock (``grid up --clock virtual``) it compares with the grid's virtual time, and
+when nothing is due it asks the Worker API to advance that time (which happens only when the grid
+is idle), then fires what became due.
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     version = -1
     deadlines: list[dict[str, Any]] = []
     schedules: list[dict[str, Any]] = []
+    virtual, virtual_now = False, 0.0
     while True:
-        now = time.time()
+        now = virtual_now if virtual else time.time()
         due = [d for d in deadlines if d["deadline"] <= now]
         due_schedules = [s for s in schedules if s["next_fire"] <= now]
         for item in due:
@@ -59,16 +64,23 @@ def main(argv: list[str] | None = None) -> None:
             except WireError:
                 time.sleep(0.5)  # the Worker API is restarting, or refused the fire: look again soon
         fired = bool(due or due_schedules)
-        upcoming = [d["deadline"] for d in deadlines[:1]] + [s["next_fire"] for s in schedules[:1]]
-        wait = 10.0
-        if upcoming and not fired:
-            wait = max(min(min(upcoming) - now, 10.0), 0.0)
         try:
-            data = api.get("/v1/connectors/clock/deadlines", {"version": -1 if fired else version, "wait": f"{wait:.3f}"})
+            if virtual:
+                if not fired:  # a virtual clock moves only here: when the grid is idle, to the next deadline
+                    api.post("/v1/connectors/clock/advance", params={"wait": "10"})
+                data = api.get("/v1/connectors/clock/deadlines", {"version": -1, "wait": "0"})
+            else:
+                upcoming = [d["deadline"] for d in deadlines[:1]] + [s["next_fire"] for s in schedules[:1]]
+                wait = 10.0
+                if upcoming and not fired:
+                    wait = max(min(min(upcoming) - now, 10.0), 0.0)
+                data = api.get("/v1/connectors/clock/deadlines",
+                               {"version": -1 if fired else version, "wait": f"{wait:.3f}"})
         except WireError:
             time.sleep(0.2)
             continue
         version, deadlines, schedules = data["version"], data["deadlines"], data.get("schedules", [])
+        virtual, virtual_now = bool(data.get("virtual")), float(data.get("now") or 0.0)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from grid_local import quota_tree as qt
 from grid_local.db.authority import refusal
+from grid_local.db.clock import GridClock
 from grid_local.db.engine import Row, SqliteEngine, dumps, loads
 from grid_local.db.flows import Flows
 from grid_local.db.inboxes import Inboxes
@@ -46,8 +47,9 @@ def journal_over_cap(flow: Row, entry: JournalEntry) -> str | None:
 
 
 class Entries:
-    def __init__(self, engine: SqliteEngine, flows: Flows, inboxes: Inboxes) -> None:
+    def __init__(self, engine: SqliteEngine, flows: Flows, inboxes: Inboxes, clock: GridClock) -> None:
         self.engine = engine
+        self.clock = clock
         self.flows = flows
         self.inboxes = inboxes
 
@@ -57,7 +59,11 @@ class Entries:
 
     async def append(self, flow_id: str, worker: str, epoch: int, entry: JournalEntry) -> Appended:
         """Commit a request (and its result when it has one), with any result answered in the same transaction."""
-        now = time.time()
+        now = await self.clock.now()
+        if self.clock.virtual:  # the journal records the grid's (virtual) time, and now() answers it
+            entry.requested_at = now
+            if entry.kind == "now":
+                entry.result = jr.ok(now)
         if entry.result is not None:
             # Fast path for actions answered by the worker (now, random, uuid, print): one conditional
             # INSERT, its own transaction, checks the lease, the sequence number and that no failure
@@ -140,7 +146,7 @@ class Entries:
         elif entry.kind == "sleep" and deadline is not None and deadline <= now:
             result = jr.ok(None)
         if result is not None:
-            await record_once(self.engine, flow_id, entry.seq, result)
+            await record_once(self.engine, flow_id, entry.seq, result, at=now)
         elif entry.kind in jr.CONNECTOR_KINDS:
             self.engine.note("requests", entry.kind)
         if deadline is not None and result is None:
@@ -183,7 +189,8 @@ class Entries:
             row = await self.engine.one("SELECT * FROM journal WHERE flow_id = ? AND seq = ?", flow_id, seq)
             if row is None or row["result"] is not None or row["deadline"] is None:
                 return False
-            if row["deadline"] > time.time() + 0.001:
+            now = await self.clock.now()
+            if row["deadline"] > now + 0.001:
                 return False
             args = loads(row["args"])
             if row["kind"] == "sleep":
@@ -192,4 +199,4 @@ class Entries:
                 result = await self.flows.wait_result(args, timed_out=True)
             else:
                 result = jr.err(f"timeout: no message on inbox {args.get('inbox', '_stdin')} within {args.get('timeout')} s")
-            return await record_once(self.engine, flow_id, seq, result or jr.err("timeout"))
+            return await record_once(self.engine, flow_id, seq, result or jr.err("timeout"), at=now)

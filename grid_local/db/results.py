@@ -8,13 +8,15 @@ from typing import Any
 from grid_local.db.engine import SqliteEngine, dumps
 
 
-async def record_once(engine: SqliteEngine, flow_id: str, seq: int, result: dict[str, Any]) -> bool:
+async def record_once(engine: SqliteEngine, flow_id: str, seq: int, result: dict[str, Any],
+                      at: float | None = None) -> bool:
     """Record a result inside the current transaction; a suspended flow becomes runnable.
-    Returns False when the entry was already answered (the first answer stands)."""
+    Returns False when the entry was already answered (the first answer stands). ``at`` is the
+    answer's time on the grid's clock (default: the system clock's now)."""
     if await engine.execute(
         "UPDATE journal SET result = ?, answered_at = ?, executor_expires = NULL "
         "WHERE flow_id = ? AND seq = ? AND result IS NULL",
-        dumps(result), time.time(), flow_id, seq,
+        dumps(result), time.time() if at is None else at, flow_id, seq,
     ) != 1:
         return False
     engine.note("result", flow_id, seq)

@@ -30,20 +30,22 @@ def check_flow_db(path: Path) -> None:
         raise StoreError(f"the Flow DB {path} is damaged: {'; '.join(problems)} ({REMEDY})")
 
 
-async def _release_previous_grid(path: Path) -> tuple[int, int]:
+async def _release_previous_grid(path: Path, clock: str) -> tuple[int, int]:
     try:
         store = await FlowStore.open(path)
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"the Flow DB {path} is not usable: {exc} ({REMEDY})") from None
     try:
+        await store.clock.set_mode(clock)
         return await store.release_previous_grid()
     finally:
         await store.close()
 
 
-def prepare_flow_db(path: Path) -> tuple[int, int]:
-    """Check the Flow DB, migrate it, and release the previous grid's holdings.
+def prepare_flow_db(path: Path, clock: str = "real") -> tuple[int, int]:
+    """Check the Flow DB, migrate it, set the grid's clock (real or virtual), and release the
+    previous grid's holdings.
 
     Returns (flows released, requests declared interrupted)."""
     check_flow_db(path)
-    return asyncio.run(_release_previous_grid(path))
+    return asyncio.run(_release_previous_grid(path, clock))

@@ -13,6 +13,7 @@ It only wires the parts together; each query lives with its concern:
   triggers.py  webhooks and their deliveries, schedules and their fires
   quotas.py    quota nodes, their limits, admission of starts, the fair claim order, usage
   reasons.py   why a flow is not running now
+  clock.py     the time flows see: real, or virtual (jumps to the next deadline when all is idle)
   rows.py      rows turned into the records the APIs answer
 """
 
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from grid_local.db.bundles import Bundles
+from grid_local.db.clock import GridClock
 from grid_local.db.engine import BUSY_SECONDS, Note, SqliteEngine
 from grid_local.db.entries import Appended, Entries
 from grid_local.db.events import Events
@@ -47,10 +49,11 @@ class FlowStore:
         quotas = Quotas(engine)
         flows = Flows(engine, quotas)
         inboxes = Inboxes(engine)
-        entries = Entries(engine, flows, inboxes)
+        self.clock = GridClock(engine)  # real, or virtual (db/clock.py)
+        entries = Entries(engine, flows, inboxes, self.clock)
         leases = Leases(engine, quotas, flows)
         events = Events(engine)
-        self.triggers = TriggerStore(engine, inboxes, flows)  # webhooks and schedules
+        self.triggers = TriggerStore(engine, inboxes, flows, self.clock)  # webhooks and schedules
         self.quotas = quotas  # the quota tree (nodes, limits, usage)
         self.why = Reasons(engine, quotas).why
         self.cancel_subtree = functools.partial(cancel_subtree, engine, flows.end)
@@ -95,7 +98,9 @@ class FlowStore:
 
     @classmethod
     async def open(cls, path: Path, busy_seconds: float = BUSY_SECONDS) -> "FlowStore":
-        return cls(await SqliteEngine.open(path, busy_seconds))
+        store = cls(await SqliteEngine.open(path, busy_seconds))
+        await store.clock.load()
+        return store
 
     async def close(self) -> None:
         await self.engine.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from grid_local.db.clock import GridClock
 from grid_local.db.engine import Row, SqliteEngine, dumps, loads
 from grid_local.db.flows import Flows
 from grid_local.db.inboxes import Inboxes
@@ -21,8 +22,9 @@ FINISHED_SQL = "('completed', 'failed', 'cancelled')"
 
 
 class TriggerStore:
-    def __init__(self, engine: SqliteEngine, inboxes: Inboxes, flows: Flows) -> None:
+    def __init__(self, engine: SqliteEngine, inboxes: Inboxes, flows: Flows, clock: GridClock) -> None:
         self.engine = engine
+        self.clock = clock
         self.inboxes = inboxes
         self.flows = flows
 
@@ -105,14 +107,11 @@ class TriggerStore:
 
     # -- schedules ----------------------------------------------------------------------------
 
-    def now(self) -> float:
-        """The time schedules are computed on."""
-        return time.time()
 
     async def put_schedule(self, name: str, deployment: str, quota: str, username: str, expression: str, tz: str,
                            args: dict[str, Any], overlap: str, catch_up: str) -> dict[str, Any]:
         """Create or replace a schedule; its next fire time is computed from now (a paused one stays paused)."""
-        now = self.now()
+        now = await self.clock.now()
         next_fire = cron.next_after(expression, tz, now)
         async with self.engine.transaction():
             await self.engine.execute(
@@ -160,7 +159,7 @@ class TriggerStore:
     async def set_paused(self, name: str, paused: bool) -> dict[str, Any]:
         """Pause, or resume from now: fire times that passed while paused are not caught up."""
         schedule = await self.get_schedule(name)
-        next_fire = cron.next_after(schedule["cron"], schedule["tz"], self.now()) if not paused else schedule["next_fire"]
+        next_fire = cron.next_after(schedule["cron"], schedule["tz"], await self.clock.now()) if not paused else schedule["next_fire"]
         async with self.engine.transaction():
             await self.engine.execute("UPDATE schedules SET paused = ?, next_fire = ?, updated = ? WHERE name = ?",
                                       int(paused), next_fire, time.time(), name)
@@ -177,7 +176,7 @@ class TriggerStore:
         the caller saw; a fire whose schedule has moved on since (fired by an earlier incarnation of
         the clock connector, paused, replaced) does nothing and returns None, so a fire time can
         never start two flows. ``expected=None`` fires now, outside the cron times (``schedule trigger``)."""
-        now = self.now()
+        now = await self.clock.now()
         async with self.engine.transaction():
             row = await self.engine.one("SELECT * FROM schedules WHERE name = ?", name)
             if row is None:
