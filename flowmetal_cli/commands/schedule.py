@@ -183,6 +183,8 @@ def trigger(name: NameArgument, context: ContextOption = None, json_output: Json
     if fired["started"]:
         typer.echo(fired["started"][0])
         return
+    if fired.get("refused"):
+        console.fail(f"schedule {name} started nothing: {'; '.join(fired['refused'])}", console.EXIT_REFUSED)
     console.fail(f"schedule {name} started nothing: its previous flow still runs (overlap skip)")
 
 

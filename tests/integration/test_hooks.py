@@ -4,6 +4,7 @@ requests routed to running flows' inboxes, size limits, the CLI and flowmetal.to
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -260,3 +261,37 @@ def test_push_applies_the_hooks_declared_in_flowmetal_toml(grid: Grid) -> None:
     assert refused.returncode == 2 and "[hooks.bad]" in refused.stderr and "UNSET_VAR" in refused.stderr
     assert "declared2" not in [d["name"] for d in grid.client.deployments()]  # nothing was pushed
     grid.write("flowmetal.toml", '[project]\nname = "it"\n')
+
+
+def test_hooks_and_schedules_count_against_their_quota_node(grid: Grid) -> None:
+    deploy(grid, "limited", "fctx().actions.receive()\n")  # live until cancelled
+    add_hook(grid, "limited", "--deployment", "limited", "--signature", "none")
+    node = grid.client.deployments()[0]["quota"]
+    live = len([f for f in grid.client.list_flows() if f["status"] in ("pending", "running", "waiting")])
+    set_live_limit(grid, node, live + 1)  # as an admin of its parent would (the local user may not)
+    try:
+        first = post(grid, "limited", b'{"action": "a"}', {"Idempotency-Key": "q-1"})
+        assert first.status_code == 202, first.text
+        refused = post(grid, "limited", b'{"action": "b"}', {"Idempotency-Key": "q-2"})
+        assert refused.status_code == 429 and refused.json()["error"] == "quota_exceeded", refused.text
+        assert refused.headers.get("retry-after")
+        assert len(root_flows(grid, "limited")) == 1  # the refusal wrote nothing, not even the delivery id
+
+        grid.client.put_schedule("limited", {"deployment": "limited", "cron": "0 0 1 1 *", "args": {"pr": 1}})
+        fired = grid.client.schedule_action("limited", "trigger")
+        assert fired["started"] == [] and "live flows" in fired["refused"][0]
+
+        grid.client.cancel(first.json()["flow_id"])
+        wait_for(lambda: grid.client.get_flow(first.json()["flow_id"])["status"] == "cancelled", "the cancel")
+        again = post(grid, "limited", b'{"action": "b"}', {"Idempotency-Key": "q-2"})  # redelivered, now admitted
+        assert again.status_code == 202 and again.json()["redelivered"] is False
+        grid.client.cancel(again.json()["flow_id"])
+    finally:
+        set_live_limit(grid, node, None)
+        grid.client.delete_schedule("limited")
+
+
+def set_live_limit(grid: Grid, node: str, live: int | None) -> None:
+    with sqlite3.connect(grid.paths.db, timeout=30) as db:
+        db.execute("INSERT INTO quota_nodes (path, live, created, updated) VALUES (?, ?, 0, 0) "
+                   "ON CONFLICT(path) DO UPDATE SET live = excluded.live", (node, live))
