@@ -57,7 +57,7 @@ class Watching:
         for line in stream:
             lines.append(line.rstrip("\n"))
 
-    def wait_for(self, lines: list[str], pattern: str, timeout: float = 20.0) -> re.Match[str]:
+    def wait_for(self, lines: list[str], pattern: str, timeout: float = 60.0) -> re.Match[str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in list(lines):
