@@ -26,6 +26,7 @@ from typing import Any
 from grid_local import bundle_format
 from grid_local.errors import BundleError, LoadError, ScriptError, SourceLocation
 from grid_local.runtime import dialect, sources
+from grid_local.runtime.execution import Limits
 
 ENTRY_SUFFIXES = (".flow", ".star")
 
@@ -186,6 +187,11 @@ def collect_files(entry: Path) -> tuple[Path, str, dict[str, str], dict[str, Any
     root, relative = entry_path(entry)
     settings = load_settings(root)
     limits = bundle_limits(settings, root)
+    try:  # the grid would fail every flow of the bundle for this: refuse it before uploading
+        Limits.from_settings(settings)
+    except BundleError as exc:
+        shown = display_path(root, sources.PROJECT_FILE)
+        raise BundleError(f"{shown}:1: {str(exc).removeprefix(sources.PROJECT_FILE + ': ')}") from None
     reader = _ProjectReader(root, limits)
     try:
         graph = sources.load_graph(reader, relative)

@@ -7,6 +7,7 @@ import signal
 import time
 from typing import Any
 
+from grid_local.bundle_format import write_bundle
 from grid_local.worker.settings import WorkerSettings
 from tests.integration.conftest import CountingServer, Grid
 
@@ -76,7 +77,8 @@ def test_flows_complete_while_the_worker_api_is_killed_again_and_again(grid: Gri
         assert grid.logs(flow_id) == [str(sum(n + i + 1 for i in range(4)))]
     # Each flow made 4 calls; one interrupted by a kill may be declared failed (never re-sent), never sent twice.
     assert http_server.count("/hit") <= 4 * len(ids)
-    assert all(p["restarts"] == 0 for p in grid.processes("worker")), "a worker died with the Worker API"
+    survivors = [p for p in grid.client.processes() if p["role"] == "worker" or p["role"].startswith("connector:")]
+    assert survivors and all(p["restarts"] == 0 for p in survivors), "a worker or connector died with the Worker API"
 
 
 def test_an_oversized_child_result_fails_the_child_and_its_parent_clearly(grid: Grid) -> None:
@@ -101,8 +103,14 @@ def test_an_oversized_child_result_fails_the_child_and_its_parent_clearly(grid: 
 def test_a_bad_limit_in_flowmetal_toml_fails_the_flow_naming_the_setting(grid: Grid) -> None:
     (grid.project / "flowmetal.toml").write_text('[project]\nname = "it"\n\n[limits]\neval_budget = "abc"\n')
     script = grid.write("hello.flow", 'print("never")\n')
+    refused = grid.cli("run", str(script))
+    assert refused.returncode == 2  # the CLI refuses such a bundle before uploading it
+    assert refused.stderr.strip().endswith("flowmetal.toml:1: [limits] eval_budget must be a number, got 'abc'")
+    # A bundle that reaches the grid anyway (another client) fails its flows, saying why.
+    data, digest = write_bundle("hello.flow", {"hello.flow": 'print("never")\n'}, {"limits": {"eval_budget": "abc"}})
+    grid.client.upload_bundle(data, digest)
 
-    flow = grid.wait(grid.start(script), timeout=60)
+    flow = grid.wait(grid.client.start_flow(digest, {})["id"], timeout=60)
 
     assert flow["status"] == "failed"
     assert flow["error"]["message"] == "flowmetal.toml: [limits] eval_budget must be a number, got 'abc'"
