@@ -295,5 +295,17 @@ class GridClient:
     def cancel_subtree(self, node: str) -> dict[str, Any]:
         return self._json("POST", "/v1/quota/cancel", json={"node": node}, idempotent=True)
 
+    def secret_set(self, name: str, value: str, quota: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"value": value}
+        if quota is not None:
+            body["quota"] = quota
+        return self._json("PUT", f"/v1/secrets/{name}", json=body)
+
+    def secrets(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/v1/secrets")  # type: ignore[no-any-return]
+
+    def secret_remove(self, name: str, quota: str | None = None) -> dict[str, Any]:
+        return self._json("DELETE", f"/v1/secrets/{name}", params={"quota": quota} if quota else {})
+
     def why(self, flow_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/flows/{flow_id}/why")

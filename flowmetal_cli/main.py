@@ -63,6 +63,7 @@ COMMAND_MODULES = [
     "flows",
     "why",
     "quota",
+    "secret",
     "grid",
     "context",
     "tui",

@@ -34,7 +34,9 @@ from grid_local.api.roles import Identity, load_tokens, require_steer, require_v
 from grid_local.api.notify import ANY_CHANGE, Notifier, PeerPoke, long_poll, watch_other_writers
 from grid_local.api.problems import RETRY_AFTER_SECONDS, storage_problem
 from grid_local.api.schedules import schedules_router
+from grid_local.api.secrets import secrets_router
 from grid_local.bundle_format import MAX_BUNDLE_BYTES, read_bundle
+from grid_local.db.secrets import load_key
 from grid_local.db.store import FINISHED, FlowStore
 from grid_local.errors import ArgumentError, BundleError, NotFoundError, QuotaError, StoreError
 from grid_local.home import GridPaths, parent_pid, pid_alive
@@ -160,6 +162,7 @@ class ClientApi:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         self.store = await FlowStore.open(self.paths.db, busy_seconds=BUSY_SECONDS)
+        self.store.secrets.use_key(load_key(self.paths.home))
         self.store.on_commit.append(lambda notes: self.notifier.publish([ANY_CHANGE]))
         self.store.on_commit.append(self.poke.poke)
         await self.poke.start()
@@ -431,6 +434,7 @@ class ClientApi:
         app.include_router(hooks_router(self))
         app.include_router(schedules_router(self))
         app.include_router(quotas_router(self))
+        app.include_router(secrets_router(self))
         app.add_middleware(BodyLimit)
         return app
 

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from grid_local.api.notify import ANY_CHANGE, Notifier, PeerPoke, long_poll, wait_for, watch_other_writers
 from grid_local.api.problems import RETRY_AFTER_SECONDS, storage_problem
+from grid_local.db.secrets import load_key
 from grid_local.db.store import FlowStore
 from grid_local.errors import FlowmetalError, LeaseLostError, NotFoundError, StoreError
 from grid_local.runtime.journal import ALL_KINDS, CONNECTOR_KINDS, MAX_VALUE_BYTES, JournalEntry
@@ -123,6 +124,7 @@ class WorkerApi:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.store = await FlowStore.open(self.db_path)
+        self.store.secrets.use_key(load_key(self.db_path.parent))
         self.store.on_commit.append(self._on_commit)
         self.store.on_commit.append(self.poke.poke)
         await self.poke.start()
@@ -259,6 +261,12 @@ class WorkerApi:
             return claimed
 
         claimed = await long_poll(self.notifier, [("requests", kind) for kind in kinds], wait, check, bool)
+        for item in claimed:  # the values of the secrets it references, for the connector only
+            values, why = await self.db.secrets.values_for(item["flow_id"], item["args"])
+            if why:
+                item["secret_error"] = why
+            elif values:
+                item["secrets"] = values
         return JSONResponse({"requests": claimed})
 
     async def record(self, request: Request) -> Response:

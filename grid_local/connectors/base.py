@@ -19,6 +19,7 @@ from typing import Any
 from grid_local.api.wire import WireClient, WireError, until_answered
 from grid_local.errors import ArgumentError
 from grid_local.runtime import journal as jr
+from grid_local.secret_refs import mask, substitute
 
 
 def connector_args(role: str, argv: list[str] | None) -> argparse.Namespace:
@@ -49,6 +50,17 @@ def record(client: WireClient, flow_id: str, seq: int, result: dict[str, Any], e
     ), executor or "connector")
 
 
+def with_secrets(perform: Callable[[dict[str, Any]], dict[str, Any]], request: dict[str, Any]) -> dict[str, Any]:
+    """Perform a request with its secret references replaced by their values, and the values masked
+    out of the result before it is recorded (the values live only in this call)."""
+    if request.get("secret_error"):
+        return jr.err(f"{request['kind']}: {request['secret_error']}")
+    values = request.get("secrets") or {}
+    if not values:
+        return perform(request)
+    return mask(perform({**request, "args": substitute(request["args"], values)}), values)  # type: ignore[no-any-return]
+
+
 def serve_requests(
     api: WireClient, kinds: tuple[str, ...], executor: str, perform: Callable[[dict[str, Any]], dict[str, Any]],
     concurrency: int,
@@ -60,7 +72,7 @@ def serve_requests(
 
     def run(request: dict[str, Any]) -> None:
         try:
-            record(api, request["flow_id"], request["seq"], perform(request), executor, request["kind"])
+            record(api, request["flow_id"], request["seq"], with_secrets(perform, request), executor, request["kind"])
         finally:
             with lock:
                 holding.discard((request["flow_id"], request["seq"]))

@@ -9,6 +9,7 @@ containers of every flow the Flow DB says has ended, so nothing outlives its flo
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from grid_local.connectors.base import api_client, connector_args, serve_request
 from grid_local.connectors.containers import Containers, EngineUnavailable
 from grid_local.home import die_with_parent
 from grid_local.runtime import journal as jr
+from grid_local.secret_refs import KEY_ENV
 
 MAX_OUTPUT = 1024 * 1024
 SWEEP_SECONDS = 0.5
@@ -55,8 +57,9 @@ class Workspaces:
             return jr.err(f"exec: workspace '{resource.get('name')}' is not open (it may have been closed)")
         timeout = float(args.get("timeout") or 60)
         try:
+            env = {**{k: v for k, v in os.environ.items() if k != KEY_ENV}, **{str(k): str(v) for k, v in (args.get("env") or {}).items()}}
             done = subprocess.run(argv, cwd=path, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                  preexec_fn=die_with_parent)
+                                  preexec_fn=die_with_parent, env=env)
         except subprocess.TimeoutExpired:
             return jr.err(f"exec: {argv[0]} timed out after {timeout:g} s")
         except FileNotFoundError:

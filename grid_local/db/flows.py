@@ -13,6 +13,7 @@ from grid_local import quota_tree as qt
 from grid_local.db.engine import Row, SqliteEngine, dumps, loads
 from grid_local.db.leases import check_held
 from grid_local.db.quotas import Quotas
+from grid_local.db.secrets import Secrets
 from grid_local.db.results import record_once
 from grid_local.db.rows import flow_json, new_id
 from grid_local.errors import NotFoundError, QuotaError
@@ -20,9 +21,10 @@ from grid_local.runtime import journal as jr
 
 
 class Flows:
-    def __init__(self, engine: SqliteEngine, quotas: Quotas) -> None:
+    def __init__(self, engine: SqliteEngine, quotas: Quotas, secrets: Secrets) -> None:
         self.engine = engine
         self.quotas = quotas
+        self.secrets = secrets
 
     async def start_flow(self, bundle: str, args: dict[str, Any], quota: str, username: str,
                          name: str | None = None) -> dict[str, Any]:
@@ -61,6 +63,11 @@ class Flows:
         child_id = new_id()
         now = time.time()
         entry = {"module": spec["module"], "function": spec["function"], "resources": args.get("resources") or {}}
+        grant, why = await self.secrets.grant_for_child(parent, spec.get("secrets"))
+        if grant is None:  # an unknown, not-owned or widened secret: the child never starts
+            return jr.err(f"run {spec['name']}: {why}")
+        if grant:
+            entry["secrets"] = grant
         try:
             caps = await self.quotas.plan_start(parent["quota"]) or await self.quotas.admit(parent["quota"], None)
         except QuotaError as exc:

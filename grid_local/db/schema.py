@@ -256,4 +256,16 @@ MIGRATIONS: list[str] = [
         SELECT DISTINCT bundle, quota, 0 FROM flows WHERE parent IS NULL;
     INSERT OR IGNORE INTO bundle_owners (digest, quota, created) SELECT digest, quota, 0 FROM deployments;
     """,
+    # 8: secrets, sealed with a key that is not in the database (db/secrets.py); a node's secret by name
+    """
+    CREATE TABLE secrets (
+        quota       TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        value       BLOB NOT NULL,
+        set_by      TEXT NOT NULL,
+        created     REAL NOT NULL,
+        updated     REAL NOT NULL,
+        PRIMARY KEY (quota, name)
+    ) WITHOUT ROWID;
+    """,
 ]

@@ -33,6 +33,7 @@ from grid_local.db.inboxes import Inboxes
 from grid_local.db.leases import EXECUTOR_GRACE, LEASE_SECONDS, Leases
 from grid_local.db.quotas import Quotas, cancel_subtree
 from grid_local.db.reasons import Reasons
+from grid_local.db.secrets import Secrets
 from grid_local.db.rows import FINISHED, new_id
 from grid_local.db.triggers import TriggerStore
 
@@ -47,7 +48,8 @@ class FlowStore:
         self.path = engine.path
         bundles = Bundles(engine)
         quotas = Quotas(engine)
-        flows = Flows(engine, quotas)
+        self.secrets = Secrets(engine)  # sealed values; granting them to flows
+        flows = Flows(engine, quotas, self.secrets)
         inboxes = Inboxes(engine)
         self.clock = GridClock(engine)  # real, or virtual (db/clock.py)
         entries = Entries(engine, flows, inboxes, self.clock)

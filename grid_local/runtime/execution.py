@@ -33,6 +33,7 @@ from grid_local.errors import (
 )
 from grid_local.runtime import dialect, habits, journal, sources
 from grid_local.runtime.journal import JournalEntry
+from grid_local.secret_refs import reference
 
 _current = threading.local()
 
@@ -408,6 +409,7 @@ class FlowExecution:
             "args": self.task.args,
             "quota": self.task.quota,
             "resources": self.task.resources,
+            "secrets": {alias: reference(name) for alias, name in (self.task.entry.get("secrets") or {}).items()},
         }
 
     def fail_with(self, error: Any) -> None:

@@ -121,6 +121,11 @@ ROWS: list[tuple[str, str, str, Any, dict[str, int]]] = [
     ("PUT", "/v1/quota/nodes/{path}", "/v1/quota/nodes/acme/ci", {"running": 5},
      {"alice": 403, "vic": 403, "otto": 403, "ann": 200}),
     ("PUT", "/v1/quota/nodes/{path}", "/v1/quota/nodes/acme", {"running": 9}, {"ann": 403, "ops": 200}),
+    ("PUT", "/v1/secrets/{name}", "/v1/secrets/tok", {"value": "v"}, {"vic": 403, "alice": 200, "otto": 200}),
+    ("PUT", "/v1/secrets/{name}", "/v1/secrets/tok", {"value": "v", "quota": "/acme/ci"},
+     {"otto": 403, "vic": 403, "ann": 200}),
+    ("GET", "/v1/secrets", "/v1/secrets", None, {u: 200 for u in USERS}),
+    ("DELETE", "/v1/secrets/{name}", "/v1/secrets/tok", None, {"vic": 403, "otto": 200, "alice": 200, "bob": 404}),
     ("POST", "/v1/quota/cancel", "/v1/quota/cancel", {"node": "/acme"}, {"vic": 403, "otto": 403, "alice": 403}),
     ("POST", "/v1/flows/{flow_id}/cancel", f"/v1/flows/{A}/cancel", None, {"bob": 403, "vic": 403, "otto": 404}),
 ]
