@@ -32,6 +32,8 @@ def describe_flow(flow: dict[str, Any], now: float) -> Text:
         text.append(f" · held by {flow['worker']}")
     if flow.get("parent"):
         text.append(f"\nparent #{flow['parent']}")
+    if flow.get("why") and flow.get("status") not in ("completed", "failed", "cancelled"):
+        text.append(f"\nwhy {flow['why']}", style="yellow")  # the grid's one line: quota, child, timer, inbox, slot
     text.append(f"\nargs {_pretty(flow.get('args') or {})}")
     if flow.get("status") == "completed":
         text.append(f"\nresult {_pretty(flow.get('result'))}", style="green")
