@@ -9,6 +9,7 @@ grid for the module.
 from __future__ import annotations
 
 import getpass
+import json
 import itertools
 import sqlite3
 import statistics
@@ -350,3 +351,28 @@ def test_an_eval_budget_cap_bounds_what_a_bundle_asks_for(grid: Grid, levels: li
     flow = grid.wait(grid.client.start_flow(digest, {}, quota=levels[-1])["id"], timeout=25)
     assert flow["status"] == "failed"
     assert "evaluation budget exceeded: more than 0.5 s" in flow["error"]["message"]
+
+
+def test_the_quota_commands(grid: Grid, levels: list[str]) -> None:
+    done = grid.cli("quota", "set", levels[1], "--running", "3", "--rate", "2/s", "--live", "50")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"quota {levels[1]}: running 3, rate 120, live 50; share 1\n"
+    assert grid.cli("quota", "set", levels[1], "--rate", "fast").returncode == 2
+    refused = grid.cli("quota", "set", HOME, "--running", "1")  # its own node: its parent admin's
+    assert refused.returncode == 4 and "set by an admin of its parent" in refused.stderr
+
+    sleeper = upload(grid, "sleeper.flow", SLEEPER)
+    ids = [grid.client.start_flow(sleeper, {"seconds": 30}, quota=levels[-1])["id"] for _ in range(2)]
+    tree = json.loads(grid.cli("quota", "tree", levels[0], "--json").stdout)
+    assert [n["path"] for n in tree["nodes"]] == levels
+    assert tree["nodes"][0]["usage"]["live"] == 2 and tree["nodes"][1]["limits"]["running"] == 3
+    table = grid.cli("quota", "tree", levels[0]).stdout.splitlines()
+    assert table[1].startswith(levels[0]) and table[2].strip().startswith("x") and "/50" in table[2]
+    shown = grid.cli("quota", "show", levels[-1]).stdout
+    assert f"running flows                            3  (set on {levels[1]})" in shown
+
+    assert grid.cli("cancel", "--quota", levels[0]).returncode == 2  # --all is required
+    done = grid.cli("cancel", "--quota", levels[0], "--all")
+    assert done.returncode == 0 and done.stdout.startswith("cancelled 2 flow(s): ")
+    for flow_id in ids:
+        assert grid.wait(flow_id)["status"] == "cancelled"
