@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from grid_local.connectors.base import api_client, connector_args, serve_requests
-from grid_local.connectors.containers import Containers, EngineUnavailable
+from grid_local.connectors.containers import Containers, EngineUnavailable, grid_label
+from grid_local.connectors.exec_marks import MARK_ENV, kill_group, kill_marked, mark
 from grid_local.home import die_with_parent
 from grid_local.runtime import journal as jr
 from grid_local.secret_refs import KEY_ENV
@@ -44,7 +46,9 @@ class Workspaces:
         path.mkdir(parents=True, exist_ok=True)
         return jr.ok({"kind": "workspace", "name": name, "flow_id": flow_id, "path": str(path)})
 
-    def exec(self, args: dict[str, Any]) -> dict[str, Any]:
+    def exec(self, args: dict[str, Any], tag: str = "") -> dict[str, Any]:
+        """Run a command in the workspace, in its own session; when it ends, everything it started
+        (its process group, and every process carrying its mark) is killed too (``exec_marks``)."""
         resource = args.get("resource") or {}
         argv = [str(a) for a in args.get("argv") or []]
         if not argv:
@@ -56,27 +60,51 @@ class Workspaces:
         if not _NAME.match(owner) or not _NAME.match(name) or not path.is_dir():
             return jr.err(f"exec: workspace '{resource.get('name')}' is not open (it may have been closed)")
         timeout = float(args.get("timeout") or 60)
+        env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, MARK_ENV)}
+        env.update({str(k): str(v) for k, v in (args.get("env") or {}).items()})
+        if tag:
+            env[MARK_ENV] = tag
         try:
-            env = {**{k: v for k, v in os.environ.items() if k != KEY_ENV}, **{str(k): str(v) for k, v in (args.get("env") or {}).items()}}
-            done = subprocess.run(argv, cwd=path, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                  preexec_fn=die_with_parent, env=env)
-        except subprocess.TimeoutExpired:
-            return jr.err(f"exec: {argv[0]} timed out after {timeout:g} s")
+            process = subprocess.Popen(argv, cwd=path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, env=env,
+                                       start_new_session=True)
         except FileNotFoundError:
             return jr.err(f"exec: command not found: {argv[0]}")
         except OSError as exc:
             return jr.err(f"exec: {argv[0]}: {exc.strerror or exc}")
+        # Read both pipes in threads: a background process may hold them open after the command ends.
+        output: dict[str, bytes] = {}
+        readers = [threading.Thread(target=lambda n=n, f=f: output.__setitem__(n, f.read()), daemon=True)
+                   for n, f in (("stdout", process.stdout), ("stderr", process.stderr))]
+        for reader in readers:
+            reader.start()
+        timed_out = False
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            kill_group(process.pid)  # the command's session, then whatever left it but kept the mark
+            if tag:
+                kill_marked(tag)
+            process.wait()
+        for reader in readers:
+            reader.join(timeout=5)
+        if timed_out:
+            return jr.err(f"exec: {argv[0]} timed out after {timeout:g} s")
         return jr.ok({
-            "exit_code": done.returncode,
-            "stdout": done.stdout[-MAX_OUTPUT:].decode("utf-8", "replace"),
-            "stderr": done.stderr[-MAX_OUTPUT:].decode("utf-8", "replace"),
+            "exit_code": process.returncode,
+            "stdout": output.get("stdout", b"")[-MAX_OUTPUT:].decode("utf-8", "replace"),
+            "stderr": output.get("stderr", b"")[-MAX_OUTPUT:].decode("utf-8", "replace"),
         })
 
     def present(self) -> set[str]:
         """The flows that have a workspace folder."""
         return {entry.name for entry in self.root.iterdir() if entry.is_dir()}
 
-    def close(self, flow_id: str) -> None:
+    def close(self, flow_id: str, grid: str = "") -> None:
+        if grid:  # a command still running for the flow, and anything it left behind
+            kill_marked(f"{grid}:{flow_id}")
         shutil.rmtree(self.root / flow_id, ignore_errors=True)
 
 
@@ -90,6 +118,16 @@ def main(argv: list[str] | None = None) -> None:
     if not options.home:
         raise SystemExit("the resources connector needs --home")
     workspaces = Workspaces(Path(options.home) / "workspaces")
+    grid = grid_label(Path(options.home))
+
+    def stop(*_: Any) -> None:  # the grid stops: nothing an exec started outlives it
+        kill_marked(grid)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    left = kill_marked(grid)  # a previous incarnation's (it was SIGKILLed, or the whole grid was)
+    if left:
+        print(f"resources: killed {left} process(es) that execs of a previous incarnation left running", flush=True)
     containers = Containers(Path(options.home), workspaces.root)
     api = api_client(options.api)
 
@@ -108,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
                           f"(it supports: {', '.join(KINDS)})")
         if resource_kind(args, "resource") == "docker":
             return containers.exec(request["flow_id"], args, log)
-        return workspaces.exec(args)
+        return workspaces.exec(args, mark(grid, request["flow_id"], request["seq"]))
 
     def sweep(engine_retry: float) -> float:
         """Close the resources of every flow that has ended; returns when to ask the engine again.
@@ -132,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             for container in containers_of.get(flow_id, []):
                 containers.close(container)
             if flow_id in with_workspace:
-                workspaces.close(flow_id)
+                workspaces.close(flow_id, grid)
         return engine_retry
 
     def sweeper() -> None:

@@ -1,0 +1,96 @@
+"""No process an exec started outlives its command or its flow: not after the flow, not after a
+cancel, not after `grid down` (background jobs, a `setsid` escapee, one that holds the output pipe)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.integration.conftest import Grid
+
+BACKGROUND = """
+load("pkg.flowmetal.io/workspace/v1", "workspace", "exec")
+
+def _spawn_impl(fctx):
+    ws = fctx.resources.ws
+    pids = []
+    # nohup with its output elsewhere; a setsid escapee (own session); one holding the output pipe.
+    for line in ["nohup sleep 600 > /dev/null 2>&1 & echo $!", "setsid sleep 601 > /dev/null 2>&1 & echo $!",
+                 "sleep 602 & echo $!"]:
+        pids.append(exec(ws, "sh", "-c", line, timeout = 120).stdout.strip())
+    return pids
+
+spawn = flow(implementation = _spawn_impl, resources = {"ws": lambda fctx: workspace()})
+
+if __name__ == "__flow__":
+    print(" ".join(spawn()))
+"""
+
+HOLDING = """
+load("pkg.flowmetal.io/workspace/v1", "workspace", "exec")
+
+def _hold_impl(fctx):
+    exec(fctx.resources.ws, "sh", "-c", "nohup sleep 603 > /dev/null 2>&1 & echo $! > bg.pid; echo $$ > fg.pid; sleep 604",
+         timeout = 300)
+
+hold = flow(implementation = _hold_impl, resources = {"ws": lambda fctx: workspace()})
+
+if __name__ == "__flow__":
+    hold()
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_dead(pids: list[int], timeout: float = 20.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        living = [pid for pid in pids if alive(pid)]
+        if not living:
+            return []
+        time.sleep(0.05)
+    return [pid for pid in pids if alive(pid)]
+
+
+def held_pids(grid: Grid, root: str) -> list[int]:
+    """The pids the holding command wrote in its workspace, once both are there."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for folder in grid.paths.workspaces.glob("*/ws") if grid.paths.workspaces.exists() else []:
+            files = [folder / "bg.pid", folder / "fg.pid"]
+            texts = [f.read_text().strip() if f.exists() else "" for f in files]
+            if all(texts):
+                return [int(t) for t in texts]
+        time.sleep(0.05)
+    raise AssertionError(f"the command never wrote its pids: {grid.client.get_flow(root)}")
+
+
+def test_background_processes_die_with_their_command(grid: Grid) -> None:
+    flow_id = grid.start(grid.write("spawn.flow", BACKGROUND))
+    started = time.monotonic()
+    assert grid.wait(flow_id, timeout=120)["status"] == "completed"
+    assert time.monotonic() - started < 100, "a background process holding the pipe kept exec waiting"
+    pids = [int(p) for p in grid.logs(flow_id)[0].split()]
+    assert len(pids) == 3
+    assert wait_dead(pids) == [], "a process an exec started outlived its command"
+
+
+def test_a_cancel_kills_what_the_running_command_started(grid: Grid) -> None:
+    flow_id = grid.start(grid.write("hold.flow", HOLDING))
+    pids = held_pids(grid, flow_id)
+    assert all(alive(pid) for pid in pids)
+    grid.client.cancel(flow_id)
+    assert wait_dead(pids) == [], "the command, or what it started, outlived the cancelled flow"
+
+
+def test_grid_down_kills_what_running_commands_started(grid: Grid) -> None:
+    flow_id = grid.start(grid.write("hold.flow", HOLDING))
+    pids = held_pids(grid, flow_id)
+    assert grid.cli("grid", "down").returncode == 0
+    assert wait_dead(pids) == [], "a process an exec started outlived the grid"
