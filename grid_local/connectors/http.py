@@ -6,14 +6,18 @@ result, the request is declared failed ("interrupted") - never silently sent aga
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
+import socket
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from grid_local.connectors.base import api_client, connector_args, serve_requests
+from grid_local.home import GridPaths
 from grid_local.runtime import journal as jr
 
 MAX_BODY = 8 * 1024 * 1024
@@ -30,12 +34,58 @@ def crash_point(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class OwnAddress(Exception):
+    """A request (or a redirect) to one of this grid's own APIs: flows never reach those."""
+
+
+class OwnApis:
+    """The grid's own endpoints (its Worker API and Client API ports on any address of this machine),
+    refused for every request and every redirect hop (an httpx request hook)."""
+
+    def __init__(self, worker_url: str, home: Path | None) -> None:
+        self.worker_port = httpx.URL(worker_url).port
+        self.paths = GridPaths(home) if home else None
+
+    def ports(self) -> set[int]:
+        ports = {self.worker_port} if self.worker_port else set()
+        state = self.paths.read_state() if self.paths else None
+        for key in ("url", "worker_url"):
+            port = httpx.URL(str((state or {}).get(key) or "http://x")).port
+            if port:
+                ports.add(port)
+        return ports
+
+    def check(self, request: httpx.Request) -> None:
+        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+        if port not in self.ports():
+            return
+        try:
+            infos = socket.getaddrinfo(request.url.host, port, proto=socket.IPPROTO_TCP)
+        except OSError:
+            return  # it cannot be reached at all; httpx says so
+        local = _local_addresses()
+        for info in infos:
+            address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+            if address.is_loopback or address.is_unspecified or str(address) in local:
+                raise OwnAddress(f"http: refused: {request.url.host}:{port} is this grid's own API "
+                                 "(flows never call the grid's internal endpoints)")
+
+
+def _local_addresses() -> set[str]:
+    try:
+        return set(socket.gethostbyname_ex(socket.gethostname())[2])
+    except OSError:
+        return set()
+
+
 def perform(client: httpx.Client, args: dict[str, Any]) -> dict[str, Any]:
     try:
         response = client.request(
             args.get("method", "GET"), args["url"], headers=args.get("headers") or {},
             content=args.get("body"), json=args.get("json"), timeout=float(args.get("timeout") or 30),
         )
+    except OwnAddress as exc:
+        return jr.err(str(exc))
     except httpx.TimeoutException:
         return jr.err(f"http: timeout after {args.get('timeout') or 30} s: {args.get('method')} {args['url']}")
     except httpx.HTTPError as exc:
@@ -54,7 +104,8 @@ def perform(client: httpx.Client, args: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     options = connector_args("http", argv)
-    outside = httpx.Client(follow_redirects=True)
+    own = OwnApis(options.api, Path(options.home) if options.home else None)
+    outside = httpx.Client(follow_redirects=True, event_hooks={"request": [own.check]})
 
     def run(request: dict[str, Any]) -> dict[str, Any]:
         crash_point("before")

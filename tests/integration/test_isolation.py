@@ -19,7 +19,7 @@ from flowmetal_cli.bundle import build_bundle
 from flowmetal_cli.client import GridClient
 from grid_local.home import GridPaths
 from grid_local.supervisor import free_port, start_background
-from tests.helpers import write_file
+from tests.helpers import LoopbackServer, QuietJsonHandler, write_file
 from tests.integration.conftest import FINISHED, stop_grid
 
 TOKENS = """
@@ -248,3 +248,46 @@ def test_bundles_and_deployments_belong_to_their_quota_node(shared: Shared) -> N
     assert web.upload_bundle(built.data, built.digest)["created"] is True
     assert web.has_bundle(built.digest) and ci.has_bundle(built.digest)
     assert ci.deploy("build", built.digest)["quota"] == "/acme/ci"  # its owner may replace it
+
+
+CALLS_HOME = """
+if __name__ == "__flow__":
+    a = fctx().args
+    for url in [a.worker + "/v1/health", a.client + "/v1/health", a.redirect, a.fine]:
+        r = fctx().actions.http("GET", url, check = False)
+        print(r.ok, r.value.status if r.ok else r.error)
+"""
+
+
+class Redirect(QuietJsonHandler):
+    target = ""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/hop"):
+            self.send_response(302)
+            self.send_header("location", Redirect.target)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        self.send_json(200, {"ok": True})
+
+
+def test_a_flow_cannot_call_the_grids_own_apis(shared: Shared) -> None:
+    state = shared.paths.read_state()
+    assert state is not None
+    Redirect.target = f"{state['worker_url']}/v1/health"
+    server = LoopbackServer(Redirect)
+    try:
+        flow_id = shared.start("web-token", "calls-home.flow", CALLS_HOME, {
+            "worker": state["worker_url"], "client": shared.url, "redirect": f"{server.url}/hop", "fine": server.url})
+        web = shared.client("web-token")
+        assert wait_finished(web, flow_id)["status"] == "completed", web.get_flow(flow_id)
+        lines = logs(web, flow_id)
+    finally:
+        server.close()
+    worker_port, client_port = httpx.URL(state["worker_url"]).port, httpx.URL(shared.url).port
+    assert lines[0] == f"False http: refused: 127.0.0.1:{worker_port} is this grid's own API " \
+                       "(flows never call the grid's internal endpoints)", lines
+    assert lines[1].startswith(f"False http: refused: 127.0.0.1:{client_port} is this grid's own API"), lines
+    assert lines[2].startswith(f"False http: refused: 127.0.0.1:{worker_port}"), lines  # checked at each hop
+    assert lines[3] == "True 200", lines  # other loopback services stay reachable on the local grid
