@@ -22,6 +22,7 @@ from typing import Any
 from grid_local.db.engine import Row, SqliteEngine, loads
 from grid_local.db.rows import under
 from grid_local.runtime import journal as jr
+from grid_local.runtime import rules
 
 
 async def refusal(engine: SqliteEngine, flow: Row, kind: str, args: Any) -> dict[str, Any] | None:
@@ -58,8 +59,7 @@ async def _send_refusal(engine: SqliteEngine, flow: Row, args: dict[str, Any]) -
     target = await engine.one("SELECT quota, root FROM flows WHERE id = ?", target_id) if isinstance(target_id, str) else None
     # A flow outside the sender's authority answers exactly as one that does not exist.
     if target is None or not (under(target["quota"], flow["quota"]) or target["root"] == flow["root"]):
-        return jr.err(f"send: no flow {target_id} that this flow may write to "
-                      f"(a flow sends only within its quota node {flow['quota']} or its own flow tree)")
+        return rules.no_such_flow(target_id, flow["quota"])
     return None
 
 

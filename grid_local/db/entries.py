@@ -21,6 +21,7 @@ from grid_local.db.results import record_once
 from grid_local.db.rows import journal_entry
 from grid_local.errors import LeaseLostError, NotFoundError
 from grid_local.runtime import journal as jr
+from grid_local.runtime import rules
 from grid_local.runtime.journal import JournalEntry
 
 
@@ -118,13 +119,11 @@ class Entries:
             if flow["injection"] == "delay":
                 delay = float(flow["injection_seconds"])
             else:
-                result = jr.err(f"injected failure (flowmetal failure injection on {entry.kind})")
+                result = rules.injected_failure(entry.kind)
         if result is None:  # a request outside the flow's authority fails here, touching nothing
             result = await refusal(self.engine, flow, entry.kind, entry.args)
-        if result is None and entry.kind == "sleep":
-            deadline = now + max(float(entry.args.get("seconds") or 0), 0.0)
-        elif result is None and entry.kind in ("receive", "wait") and entry.args.get("timeout") is not None:
-            deadline = now + max(float(entry.args["timeout"]), 0.0)
+        if result is None:
+            deadline = rules.deadline(entry.kind, entry.args, now)
         await self.engine.execute(
             "INSERT INTO journal (flow_id, seq, kind, args, hash, callsite, result, requested_at, answered_at, "
             "worker, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -142,9 +141,9 @@ class Entries:
         elif entry.kind == "wait":
             result = await self.flows.wait_result(entry.args, timed_out=False)
         elif entry.kind == "receive":
-            result = await self.inboxes.receive_result(flow_id, entry.seq, entry.args["inbox"])
+            result = await self.inboxes.receive_result(flow_id, entry.seq, rules.inbox_of(entry.args))
         elif entry.kind == "sleep" and deadline is not None and deadline <= now:
-            result = jr.ok(None)
+            result = rules.slept()
         if result is not None:
             await record_once(self.engine, flow_id, entry.seq, result, at=now)
         elif entry.kind in jr.CONNECTOR_KINDS:
@@ -193,10 +192,5 @@ class Entries:
             if row["deadline"] > now + 0.001:
                 return False
             args = loads(row["args"])
-            if row["kind"] == "sleep":
-                result: dict[str, Any] | None = jr.ok(None)
-            elif row["kind"] == "wait":
-                result = await self.flows.wait_result(args, timed_out=True)
-            else:
-                result = jr.err(f"timeout: no message on inbox {args.get('inbox', '_stdin')} within {args.get('timeout')} s")
-            return await record_once(self.engine, flow_id, seq, result or jr.err("timeout"), at=now)
+            children = await self.flows.children(rules.waited_ids(args)) if row["kind"] == "wait" else {}
+            return await record_once(self.engine, flow_id, seq, rules.at_deadline(row["kind"], args, children), at=now)

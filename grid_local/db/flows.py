@@ -18,6 +18,7 @@ from grid_local.db.results import record_once
 from grid_local.db.rows import flow_json, new_id
 from grid_local.errors import NotFoundError, QuotaError
 from grid_local.runtime import journal as jr
+from grid_local.runtime import rules
 
 
 class Flows:
@@ -59,28 +60,27 @@ class Flows:
     async def start_child(self, parent: Row, args: dict[str, Any]) -> dict[str, Any]:
         """Answer a ``run`` request: the child starts in the parent's bundle, quota and user, unless a
         hard limit of the quota's ancestry refuses it (then the ``run`` fails, and no child exists)."""
-        spec = args["flow"]
         child_id = new_id()
         now = time.time()
-        entry = {"module": spec["module"], "function": spec["function"], "resources": args.get("resources") or {}}
-        grant, why = await self.secrets.grant_for_child(parent, spec.get("secrets"))
+        entry = rules.child_entry(args)
+        grant, why = await self.secrets.grant_for_child(parent, args["flow"].get("secrets"))
         if grant is None:  # an unknown, not-owned or widened secret: the child never starts
-            return jr.err(f"run {spec['name']}: {why}")
+            return jr.err(f"run {rules.child_name(args)}: {why}")
         if grant:
             entry["secrets"] = grant
         try:
             caps = await self.quotas.plan_start(parent["quota"]) or await self.quotas.admit(parent["quota"], None)
         except QuotaError as exc:
-            return jr.err(f"run {spec['name']}: {exc}")
+            return jr.err(f"run {rules.child_name(args)}: {exc}")
         await self.engine.execute(
             "INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, created, "
             "updated, runnable, journal_cap, bytes_cap) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 1, ?, ?)",
-            child_id, parent["id"], parent["root"], spec["name"], parent["bundle"], dumps(entry),
-            dumps(args.get("args") or {}), parent["quota"], parent["username"], now, now,
-            caps.journal_entries, caps.journal_bytes,
+            child_id, parent["id"], parent["root"], rules.child_name(args), parent["bundle"],
+            dumps(entry), dumps(rules.child_args(args)), parent["quota"], parent["username"],
+            now, now, caps.journal_entries, caps.journal_bytes,
         )
         self.engine.note("runnable")
-        return jr.ok({"flow_id": child_id, "flow": spec["name"]})
+        return rules.started(child_id, args)
 
     async def get_flow(self, flow_id: str) -> dict[str, Any]:
         row = await self.engine.one("SELECT * FROM flows WHERE id = ?", flow_id)
@@ -194,34 +194,29 @@ class Flows:
                     await record_once(self.engine, flow["parent"], row["seq"], resolved)
 
     async def wait_result(self, args: dict[str, Any], timed_out: bool) -> dict[str, Any] | None:
-        """The results of a wait on child flows, in the order given; None while one is still running."""
-        tasks = args.get("tasks") or []
-        ids = [t.get("flow_id") for t in tasks if isinstance(t, dict) and isinstance(t.get("flow_id"), str)]
-        marks = ",".join("?" * len(ids))
+        """The answer to a wait on child flows (``rules.wait_outcome``); None while one is still running."""
+        ids = rules.waited_ids(args)
         if ids and not timed_out:
             # Cheap test first: a parent waiting on many children is re-checked as each one ends.
             running = await self.engine.the(
-                f"SELECT COUNT(*) AS n FROM flows WHERE id IN ({marks}) AND status NOT IN ('completed', 'failed', 'cancelled')",
+                f"SELECT COUNT(*) AS n FROM flows WHERE id IN ({_marks(ids)}) "
+                "AND status NOT IN ('completed', 'failed', 'cancelled')",
                 *ids,
             )
             if running["n"]:
                 return None
-        children = {row["id"]: row for row in await self.engine.all(f"SELECT * FROM flows WHERE id IN ({marks})", *ids)} if ids else {}
-        results = []
-        for task in tasks:
-            child_id = task.get("flow_id") if isinstance(task, dict) else None
-            child = children.get(child_id) if isinstance(child_id, str) else None
-            if child is None:
-                results.append(jr.err(f"wait: {task!r} is not a task"))
-            elif child["status"] == "completed":
-                results.append(jr.ok(loads(child["result"])))
-            elif child["status"] in ("failed", "cancelled"):
-                error = loads(child["error"]) or {}
-                verb = "failed" if child["status"] == "failed" else "was cancelled"
-                results.append(jr.err(f"flow {child['name']} ({child_id}) {verb}: {error.get('message', '')}",
-                                      error.get("traceback", "")))
-            elif timed_out:
-                results.append(jr.err(f"timeout waiting for flow {child['name']} ({child_id})"))
-            else:
-                return None
-        return jr.ok(results)
+        return rules.wait_outcome(args, await self.children(ids), timed_out)
+
+    async def children(self, ids: list[str]) -> dict[str, rules.Child]:
+        """What a wait needs to know of these flows (those that exist)."""
+        if not ids:
+            return {}
+        rows = await self.engine.all(
+            f"SELECT id, name, status, result, error FROM flows WHERE id IN ({_marks(ids)})", *ids
+        )
+        return {row["id"]: rules.Child(row["id"], row["name"], row["status"], loads(row["result"]), loads(row["error"]))
+                for row in rows}
+
+
+def _marks(values: list[Any]) -> str:
+    return ",".join("?" * len(values))

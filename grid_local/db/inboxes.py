@@ -11,7 +11,7 @@ from typing import Any
 from grid_local.db.engine import Row, SqliteEngine, dumps, loads
 from grid_local.db.results import record_once
 from grid_local.errors import NotFoundError
-from grid_local.runtime import journal as jr
+from grid_local.runtime import rules
 
 LOG_INBOXES = ("_stdout", "_stderr")
 
@@ -32,10 +32,10 @@ class Inboxes:
     async def send_from_flow(self, sender: Row, args: dict[str, Any]) -> dict[str, Any]:
         """Answer a flow's ``send`` request (inside the append's transaction)."""
         if await self.engine.one("SELECT id FROM flows WHERE id = ?", args["flow_id"]) is None:
-            return jr.err(f"send: no flow {args['flow_id']}")
-        await self.insert_message(args["flow_id"], args.get("inbox", "_stdin"), args.get("value"), sender["id"])
-        await self.deliver(args["flow_id"], args.get("inbox", "_stdin"))
-        return jr.ok(None)
+            return rules.no_such_flow(args["flow_id"], sender["quota"])
+        await self.insert_message(args["flow_id"], rules.inbox_of(args), args.get("value"), sender["id"])
+        await self.deliver(args["flow_id"], rules.inbox_of(args))
+        return rules.sent()
 
     async def insert_message(self, flow_id: str, inbox: str, value: Any, sender: str) -> int:
         self.engine.note("inbox")
@@ -59,7 +59,7 @@ class Inboxes:
         if message is None:
             return None
         await self.engine.execute("UPDATE messages SET consumed_seq = ? WHERE id = ?", seq, message["id"])
-        return jr.ok(loads(message["value"]))
+        return rules.received(loads(message["value"]))
 
     async def deliver(self, flow_id: str, inbox: str) -> None:
         """Hand waiting messages to the flow's open receives on that inbox (in order, once)."""
@@ -67,7 +67,7 @@ class Inboxes:
             "SELECT seq, args FROM journal WHERE flow_id = ? AND kind = 'receive' AND result IS NULL ORDER BY seq",
             flow_id,
         ):
-            if loads(row["args"]).get("inbox", "_stdin") != inbox:
+            if rules.inbox_of(loads(row["args"])) != inbox:
                 continue
             result = await self.receive_result(flow_id, row["seq"], inbox)
             if result is None:

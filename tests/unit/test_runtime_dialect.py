@@ -105,7 +105,7 @@ def test_annotated_flow_implementation_is_checked_in_the_child(flow_project):
     _, _, outcome = flow_project.run()
 
     assert isinstance(outcome, Failed)
-    assert outcome.message.startswith("flow count failed: main.flow:2:5: ")
+    assert outcome.message.startswith("flow count (f2) failed: main.flow:2:5: ")
     assert "for return type" in outcome.message
 
 

@@ -327,8 +327,8 @@ def test_non_json_flow_result_fails_the_child(flow_project):
 
     assert outcome == Completed(None), outcome
     first, second = grid.output(root)
-    assert first.startswith("flow f failed: the result of flow f is not JSON-representable")
-    assert second == "flow g failed: the result of flow g: value has a non-string key 1"
+    assert first.startswith("flow f (f2) failed: the result of flow f is not JSON-representable")
+    assert second == "flow g (f3) failed: the result of flow g: value has a non-string key 1"
 
 
 def test_script_that_stops_short_of_its_journal_is_non_deterministic(tmp_path) -> None:

@@ -153,7 +153,7 @@ def test_failing_child_fails_the_caller_with_chained_traceback(flow_project):
     grid, root, outcome = flow_project.run()
 
     assert isinstance(outcome, Failed)
-    assert outcome.message == "flow boom failed: lib/child.star:2:5: kaboom"
+    assert outcome.message == "flow boom (f2) failed: lib/child.star:2:5: kaboom"
     # The caller's frames, then the child's, in one traceback.
     trace = outcome.traceback
     assert "main.flow:4, in main" in trace
@@ -193,7 +193,7 @@ def test_check_false_returns_results_instead_of_failing(flow_project):
     assert grid.output(root) == [
         "started True",
         "wait True",
-        "False flow boom failed: lib/child.star:2:5: kaboom",
+        "False flow boom (f2) failed: lib/child.star:2:5: kaboom",
         "True fine",
         "http False connection refused",
     ]
@@ -261,7 +261,7 @@ def test_retry_gives_up_after_the_limit_with_the_last_error(flow_project):
     grid, root, outcome = flow_project.run(http=http)
 
     assert isinstance(outcome, Failed)
-    assert outcome.message == "flow fetch failed: HTTP 503 (attempt 2)"
+    assert outcome.message == "flow fetch (f3) failed: HTTP 503 (attempt 2)"
     assert len(calls) == 2
     assert [e.kind for e in grid.journals[root]] == ["run", "wait", "sleep", "run", "wait"]
 
