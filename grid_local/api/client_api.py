@@ -33,6 +33,7 @@ from grid_local.api.quotas import quotas_router
 from grid_local.api.roles import Identity, load_tokens, require_steer, require_visible, require_writer, start_node
 from grid_local.api.notify import ANY_CHANGE, Notifier, PeerPoke, long_poll, watch_other_writers
 from grid_local.api.problems import RETRY_AFTER_SECONDS, storage_problem
+from grid_local.api.replies import BundleStored, Cancelled, Done, Health, Killed, MessageSent, Process, Processes
 from grid_local.api.schedules import schedules_router
 from grid_local.api.secrets import secrets_router
 from grid_local.bundle_format import MAX_BUNDLE_BYTES, read_bundle
@@ -41,6 +42,7 @@ from grid_local.db.store import FINISHED, FlowStore
 from grid_local.errors import ArgumentError, BundleError, NotFoundError, QuotaError, StoreError
 from grid_local.home import GridPaths, parent_pid, pid_alive
 from grid_local.quota_tree import NODE_PATTERN
+from grid_local.records import DeploymentRecord, EventPage, EventRecord, FlowDetail, FlowRecord
 from grid_local.runtime.journal import check_json
 
 MAX_JSON_BODY = 1024 * 1024
@@ -189,12 +191,12 @@ class ClientApi:
         """Whose bundles a caller sees: its subtree's on a grid with tokens, every one on the local grid."""
         return who.quota if self.tokens is not None else None
 
-    async def visible_flow(self, flow_id: str, who: Identity) -> dict[str, Any]:
+    async def visible_flow(self, flow_id: str, who: Identity) -> FlowRecord:
         flow = await self.db.get_flow(flow_id)
         require_visible(flow, who)
         return flow
 
-    async def steerable_flow(self, flow_id: str, who: Identity, what: str) -> dict[str, Any]:
+    async def steerable_flow(self, flow_id: str, who: Identity, what: str) -> FlowRecord:
         flow = await self.db.get_flow(flow_id)
         require_steer(flow, who, what)
         return flow
@@ -260,7 +262,7 @@ class ClientApi:
             return JSONResponse({"error": "not_found", "message": str(exc)}, status_code=404)
 
         @app.get("/v1/health", summary="Is the grid up", responses=answers())
-        async def health() -> dict[str, Any]:
+        async def health() -> Health:
             return {"ok": True, "db": str(self.paths.db), "auth": self.tokens is not None}
 
         @app.get("/v1/whoami", summary="Who the caller acts as", responses=answers())
@@ -269,7 +271,7 @@ class ClientApi:
 
         @app.put("/v1/bundles/{digest}", status_code=201, summary="Upload a bundle (content-addressed, idempotent)",
                  responses=answers(400, 403, *writes))
-        async def upload_bundle(digest: str, request: Request, who: Identity = ident) -> dict[str, Any]:
+        async def upload_bundle(digest: str, request: Request, who: Identity = ident) -> BundleStored:
             require_writer(who, "upload bundles")
             data = await request.body()
             if len(data) > MAX_BUNDLE_BYTES:
@@ -296,7 +298,7 @@ class ClientApi:
 
         @app.post("/v1/flows", status_code=201, summary="Start a root flow from an uploaded bundle",
                   responses=answers(403, 404, 429, *writes))
-        async def start_flow(body: StartFlow, who: Identity = ident) -> dict[str, Any]:
+        async def start_flow(body: StartFlow, who: Identity = ident) -> FlowRecord:
             node = start_node(who, body.quota)
             if not await self.db.has_bundle(body.bundle, self.owner(who)):
                 raise HTTPException(404, f"no bundle {body.bundle}")
@@ -311,22 +313,22 @@ class ClientApi:
             status: str | None = Query(default=None, pattern="^(pending|running|waiting|completed|failed|cancelled)$"),
             root: str | None = None, quota: str | None = None, roots_only: bool = False,
             limit: int = Query(default=500, ge=1, le=5000), who: Identity = ident,
-        ) -> list[dict[str, Any]]:
+        ) -> list[FlowRecord]:
             node = who.quota if quota is None or not _under(quota, who.quota) else quota
             return await self.db.list_flows(status=status, root=root, quota=node, limit=limit, roots_only=roots_only,
                                             username=who.user if who.role == "member" else None)
 
         @app.get("/v1/flows/{flow_id}", summary="A flow's record and journal", responses=answers(403, 404))
-        async def inspect_flow(flow_id: str, who: Identity = ident) -> dict[str, Any]:
+        async def inspect_flow(flow_id: str, who: Identity = ident) -> FlowDetail:
             flow = await self.visible_flow(flow_id, who)
-            flow["journal"] = [e.to_json() for e in await self.db.get_journal(flow_id)]
-            flow["children"] = [f["id"] for f in await self.db.list_flows(root=flow["root"]) if f["parent"] == flow_id]
-            flow["why"] = (await self.db.why(flow_id))["reason"]
-            return flow
+            journal = [e.to_json() for e in await self.db.get_journal(flow_id)]
+            children = [f["id"] for f in await self.db.list_flows(root=flow["root"]) if f["parent"] == flow_id]
+            why = (await self.db.why(flow_id))["reason"]
+            return {**flow, "journal": journal, "children": children, "why": why}
 
         @app.post("/v1/flows/{flow_id}/cancel", summary="Cancel a flow and its children",
                   responses=answers(403, 404, 409, *writes))
-        async def cancel_flow(flow_id: str, who: Identity = ident) -> dict[str, Any]:
+        async def cancel_flow(flow_id: str, who: Identity = ident) -> Cancelled:
             flow = await self.steerable_flow(flow_id, who, "cancel")
             if flow["status"] in FINISHED:
                 raise HTTPException(409, f"flow {flow_id} already {flow['status']}")
@@ -334,7 +336,7 @@ class ClientApi:
 
         @app.post("/v1/flows/{flow_id}/messages", status_code=201, summary="Send a message to a flow's inbox",
                   responses=answers(403, 404, 409, *writes))
-        async def send_message(flow_id: str, body: Message, who: Identity = ident) -> dict[str, Any]:
+        async def send_message(flow_id: str, body: Message, who: Identity = ident) -> MessageSent:
             flow = await self.steerable_flow(flow_id, who, "send messages to")
             if flow["status"] in FINISHED:
                 raise HTTPException(409, f"flow {flow_id} already {flow['status']}")
@@ -349,11 +351,11 @@ class ClientApi:
         async def events(
             after: int = Query(default=0, ge=0, le=MAX_SQL_INTEGER), root: str | None = None,
             wait: float = Query(default=0, ge=0, le=60), who: Identity = ident,
-        ) -> dict[str, Any]:
+        ) -> EventPage:
             if root is not None:
                 await self.visible_flow(root, who)
 
-            async def check() -> list[dict[str, Any]]:
+            async def check() -> list[EventRecord]:
                 found = await self.db.events_after(after, root=root)
                 if root is None and self.tokens is not None:
                     found = [e for e in found if await self._event_visible(e, who)]
@@ -364,19 +366,19 @@ class ClientApi:
 
         @app.post("/v1/flows/{flow_id}/inject", summary="Failure injection: fail or delay the flow's next action",
                   responses=answers(403, 404, *writes))
-        async def inject(flow_id: str, body: Injection, who: Identity = ident) -> dict[str, Any]:
+        async def inject(flow_id: str, body: Injection, who: Identity = ident) -> Done:
             await self.steerable_flow(flow_id, who, "inject failures into")
             await self.db.add_injection(flow_id, body.action, body.seconds)
             return {"ok": True}
 
         @app.get("/v1/processes", summary="The grid's processes (workers and connectors)", responses=answers())
-        async def processes(who: Identity = ident) -> dict[str, Any]:
+        async def processes(who: Identity = ident) -> Processes:
             state = self.paths.read_state() or {}
             holdings = await self.db.holdings(who.quota if self.tokens is not None else "/")
-            found = []
-            for process in state.get("processes", []):
-                process = dict(process)
-                held = holdings.get(process.get("id", ""), {"flows": [], "requests": []})
+            found: list[Process] = []
+            for known in state.get("processes", []):
+                process = Process(**known)
+                held = holdings.get(process.get("id") or "", {"flows": [], "requests": []})
                 process["alive"] = pid_alive(process.get("pid"))
                 process["flows"] = len(held["flows"])
                 process["held_flows"] = held["flows"]
@@ -386,7 +388,7 @@ class ClientApi:
 
         @app.post("/v1/processes/{pid}/kill", responses=answers(403, 404, 409),
                   summary="Failure injection: SIGKILL a worker, a connector or one of the two APIs")
-        async def kill_process(pid: int, background: BackgroundTasks, who: Identity = ident) -> dict[str, Any]:
+        async def kill_process(pid: int, background: BackgroundTasks, who: Identity = ident) -> Killed:
             """Only what the grid survives: the supervisor restarts each of these processes. The
             supervisor itself is refused (409): killing it would take the whole grid down."""
             if self.tokens is not None:
@@ -409,7 +411,7 @@ class ClientApi:
 
         @app.put("/v1/deployments/{name}", summary="Register a named deployment of a bundle",
                  responses=answers(403, 404, *writes))
-        async def deploy(name: str, body: Deployment, who: Identity = ident) -> dict[str, Any]:
+        async def deploy(name: str, body: Deployment, who: Identity = ident) -> DeploymentRecord:
             require_writer(who, "deploy")
             if not await self.db.has_bundle(body.digest, self.owner(who)):
                 raise HTTPException(404, f"no bundle {body.digest}: upload it first")
@@ -419,12 +421,12 @@ class ClientApi:
             return await self.db.get_deployment(name)
 
         @app.get("/v1/deployments", summary="List deployments", responses=answers())
-        async def deployments(who: Identity = ident) -> list[dict[str, Any]]:
+        async def deployments(who: Identity = ident) -> list[DeploymentRecord]:
             return await self.db.list_deployments(who.quota)
 
         @app.post("/v1/deployments/{name}/start", status_code=201, summary="Start a deployed flow",
                   responses=answers(403, 404, 429, *writes))
-        async def start_deployment(name: str, body: StartDeployment, who: Identity = ident) -> dict[str, Any]:
+        async def start_deployment(name: str, body: StartDeployment, who: Identity = ident) -> FlowRecord:
             require_writer(who, "start flows")
             deployment = await self.db.get_deployment(name)
             if not _under(deployment["quota"], who.quota):  # answered exactly as an unknown name
@@ -438,7 +440,7 @@ class ClientApi:
         app.add_middleware(BodyLimit)
         return app
 
-    async def _event_visible(self, event: dict[str, Any], who: Identity) -> bool:
+    async def _event_visible(self, event: EventRecord, who: Identity) -> bool:
         try:
             require_visible(await self.db.get_flow(event["root"]), who)
             return True

@@ -15,6 +15,7 @@ from fastapi import HTTPException
 from pydantic import BaseModel
 
 from grid_local import quota_tree as qt
+from grid_local.records import FlowRecord
 
 Role = Literal["admin", "member", "viewer"]
 
@@ -51,14 +52,14 @@ def require_writer(who: Identity, what: str) -> None:
         raise refuse(f"{who.user} is a viewer of {who.quota} and may not {what}")
 
 
-def require_visible(flow: dict[str, Any], who: Identity) -> None:
+def require_visible(flow: FlowRecord, who: Identity) -> None:
     if not qt.under(flow["quota"], who.quota):  # answered exactly as an unknown id: ids cannot be probed
         raise HTTPException(404, f"no flow {flow['id']}")
     if not qt.may_see(who.role, who.quota, who.user, flow["quota"], flow["username"]):
         raise refuse(f"flow {flow['id']} is {flow['username']}'s: a member of {who.quota} sees only its own flows")
 
 
-def require_steer(flow: dict[str, Any], who: Identity, what: str) -> None:
+def require_steer(flow: FlowRecord, who: Identity, what: str) -> None:
     require_visible(flow, who)
     require_writer(who, what)
     if not qt.may_steer(who.role, who.quota, who.user, flow["quota"], flow["username"]):

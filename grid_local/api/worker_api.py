@@ -27,6 +27,7 @@ from grid_local.api.problems import RETRY_AFTER_SECONDS, storage_problem
 from grid_local.db.secrets import load_key
 from grid_local.db.store import FlowStore
 from grid_local.errors import FlowmetalError, LeaseLostError, NotFoundError, StoreError
+from grid_local.records import WorkerTask
 from grid_local.runtime.journal import ALL_KINDS, CONNECTOR_KINDS, MAX_VALUE_BYTES, JournalEntry
 
 # A journal value (MAX_VALUE_BYTES) and the request around it.
@@ -157,7 +158,7 @@ class WorkerApi:
         limit = field(data, "limit", int, 1)
         wait = min(float(field(data, "wait", (int, float), 10.0)), MAX_WAIT)
 
-        async def check() -> list[dict[str, Any]]:
+        async def check() -> list[WorkerTask]:
             if worker in self.gone or await request.is_disconnected():
                 raise LeaseLostError(f"worker {worker} is gone")
             tasks = await self.db.claim(worker, max(1, min(limit, 100)))

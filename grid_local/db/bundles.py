@@ -9,12 +9,12 @@ deployment belongs to the node that made it and is replaced only by a caller who
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from grid_local import quota_tree as qt
 from grid_local.db.engine import SqliteEngine
-from grid_local.db.rows import under
+from grid_local.db.rows import deployment_json, under
 from grid_local.errors import NotFoundError
+from grid_local.records import DeploymentRecord
 
 
 class Bundles:
@@ -64,12 +64,12 @@ class Bundles:
             )
             return True
 
-    async def list_deployments(self, quota_prefix: str = "/") -> list[dict[str, Any]]:
+    async def list_deployments(self, quota_prefix: str = "/") -> list[DeploymentRecord]:
         rows = await self.engine.all("SELECT * FROM deployments ORDER BY name")
-        return [dict(r) for r in rows if under(r["quota"], quota_prefix)]
+        return [deployment_json(r) for r in rows if under(r["quota"], quota_prefix)]
 
-    async def get_deployment(self, name: str) -> dict[str, Any]:
+    async def get_deployment(self, name: str) -> DeploymentRecord:
         row = await self.engine.one("SELECT * FROM deployments WHERE name = ?", name)
         if row is None:
             raise NotFoundError(f"no deployment named '{name}'")
-        return dict(row)
+        return deployment_json(row)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from grid_local.db.engine import SqliteEngine
 from grid_local.db.rows import event_json
+from grid_local.records import EventRecord
 
 
 class Events:
     def __init__(self, engine: SqliteEngine) -> None:
         self.engine = engine
 
-    async def events_after(self, after: int, root: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    async def events_after(self, after: int, root: str | None = None, limit: int = 1000) -> list[EventRecord]:
         if root:
             rows = await self.engine.all(
                 "SELECT * FROM events WHERE root = ? AND id > ? ORDER BY id LIMIT ?", root, after, limit

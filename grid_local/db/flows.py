@@ -17,6 +17,7 @@ from grid_local.db.secrets import Secrets
 from grid_local.db.results import record_once
 from grid_local.db.rows import flow_json, new_id
 from grid_local.errors import NotFoundError, QuotaError
+from grid_local.records import FlowRecord
 from grid_local.runtime import journal as jr
 from grid_local.runtime import rules
 
@@ -28,7 +29,7 @@ class Flows:
         self.secrets = secrets
 
     async def start_flow(self, bundle: str, args: dict[str, Any], quota: str, username: str,
-                         name: str | None = None) -> dict[str, Any]:
+                         name: str | None = None) -> FlowRecord:
         """Start a root flow at the bundle's entry script. Without a hard limit on its quota ancestry
         this is one INSERT, which also proves the bundle exists (and whose trigger records the event);
         otherwise the quota checks and the INSERT are one transaction (a refusal writes nothing)."""
@@ -82,7 +83,7 @@ class Flows:
         self.engine.note("runnable")
         return rules.started(child_id, args)
 
-    async def get_flow(self, flow_id: str) -> dict[str, Any]:
+    async def get_flow(self, flow_id: str) -> FlowRecord:
         row = await self.engine.one("SELECT * FROM flows WHERE id = ?", flow_id)
         if row is None:
             raise NotFoundError(f"no flow {flow_id}")
@@ -91,7 +92,7 @@ class Flows:
     async def list_flows(
         self, status: str | None = None, root: str | None = None, quota: str = "/", limit: int = 500,
         roots_only: bool = False, username: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[FlowRecord]:
         sql = "SELECT * FROM flows WHERE 1 = 1"
         params: list[Any] = []
         if username is not None:

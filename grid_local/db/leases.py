@@ -14,9 +14,11 @@ from grid_local import quota_tree as qt
 from grid_local.db.engine import Row, SqliteEngine, dumps, loads
 from grid_local.db.quotas import Quotas
 from grid_local.db.results import record_once
-from grid_local.db.rows import flow_json, journal_entry
+from grid_local.db.rows import journal_entry, worker_task
 from grid_local.errors import LeaseLostError, NotFoundError
+from grid_local.records import WorkerTask
 from grid_local.runtime import journal as jr
+from grid_local.runtime.journal import JournalEntry
 
 if TYPE_CHECKING:
     from grid_local.db.flows import Flows  # (flows.py imports check_held from here)
@@ -46,7 +48,7 @@ class Leases:
 
     # -- flows leased to workers ----------------------------------------------------------------
 
-    async def claim(self, worker: str, limit: int) -> list[dict[str, Any]]:
+    async def claim(self, worker: str, limit: int) -> list[WorkerTask]:
         """Lease up to ``limit`` runnable flows to ``worker``; returns their tasks with journals.
 
         Which flows is the quota tree's to say (``Quotas.pick``: fair across nodes, none past a running
@@ -67,22 +69,19 @@ class Leases:
             if not rows:
                 return []
             caps = await self.quotas.worker_caps({row["quota"] for row in rows})
-            journals: dict[str, list[dict[str, Any]]] = {row["id"]: [] for row in rows}
+            journals: dict[str, list[JournalEntry]] = {row["id"]: [] for row in rows}
             marks = ",".join("?" * len(rows))
             for entry in await self.engine.all(
                 f"SELECT * FROM journal WHERE flow_id IN ({marks}) ORDER BY flow_id, seq", *journals
             ):
-                journals[entry["flow_id"]].append(journal_entry(entry).to_json())
+                journals[entry["flow_id"]].append(journal_entry(entry))
             tasks = []
             order = {flow_id: n for n, flow_id in enumerate(picked)}
             for row in sorted(rows, key=lambda r: order[r["id"]]):
                 entries = journals[row["id"]]
                 self.engine.event(row["id"], row["root"], "flow",
                                   {"status": "running", "worker": worker, "replay": len(entries), "name": row["name"]})
-                task = flow_json(row)
-                task.update(lease=f"{worker}:{row['lease_epoch']}", epoch=row["lease_epoch"], journal=entries,
-                            caps=caps[row["quota"]])
-                tasks.append(task)
+                tasks.append(worker_task(row, entries, caps[row["quota"]]))
             return tasks
 
     async def suspend(self, flow_id: str, worker: str, epoch: int) -> None:

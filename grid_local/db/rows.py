@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from grid_local.db.engine import Row, loads
+from grid_local.records import DeploymentRecord, EventRecord, FlowRecord, WorkerTask
 from grid_local.runtime.journal import JournalEntry
 
 FINISHED = ("completed", "failed", "cancelled")
@@ -21,7 +22,7 @@ def under(quota: str, prefix: str) -> bool:
     return not prefix or quota == prefix or quota.startswith(prefix + "/")
 
 
-def flow_json(row: Row) -> dict[str, Any]:
+def flow_json(row: Row) -> FlowRecord:
     return {
         "id": row["id"], "parent": row["parent"], "root": row["root"], "flow": row["name"], "bundle": row["bundle"],
         "entry": loads(row["entry"]), "args": loads(row["args"]), "quota": row["quota"],
@@ -39,6 +40,17 @@ def journal_entry(row: Row) -> JournalEntry:
     )
 
 
-def event_json(row: Row) -> dict[str, Any]:
-    return {**loads(row["data"]), "id": row["id"], "flow_id": row["flow_id"], "root": row["root"],
-            "type": row["kind"], "at": row["at"]}
+def event_json(row: Row) -> EventRecord:
+    event: EventRecord = {**loads(row["data"]), "id": row["id"], "flow_id": row["flow_id"], "root": row["root"],
+                          "type": row["kind"], "at": row["at"]}
+    return event
+
+
+def worker_task(row: Row, journal: list[JournalEntry], caps: dict[str, Any]) -> WorkerTask:
+    """A claimed flow as its worker receives it (``row`` carries the new lease epoch)."""
+    return {**flow_json(row), "epoch": row["lease_epoch"], "journal": [e.to_json() for e in journal], "caps": caps}
+
+
+def deployment_json(row: Row) -> DeploymentRecord:
+    return {"name": row["name"], "digest": row["digest"], "quota": row["quota"], "created": row["created"],
+            "updated": row["updated"]}

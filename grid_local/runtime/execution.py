@@ -120,7 +120,8 @@ class FlowTask:
     quota: dict[str, str]
     journal: list[JournalEntry]
     resources: dict[str, Any] = field(default_factory=dict)
-    lease: str = ""
+    epoch: int = 0
+    """The lease epoch the worker holds the flow at (every write it makes names it)."""
     name: str = ""
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grid_local.errors import ArgumentError, NonDeterminismError
+from grid_local.records import JournalRecord
 
 # Kinds the worker answers itself: the request and its result are committed together (no side effect).
 LOCAL_KINDS = frozenset({"now", "random", "uuid", "print"})
@@ -109,7 +110,7 @@ class JournalEntry:
     def answered(self) -> bool:
         return self.result is not None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JournalRecord:
         return {
             "seq": self.seq, "kind": self.kind, "args": self.args, "hash": self.hash, "callsite": self.callsite,
             "result": self.result, "requested_at": self.requested_at, "answered_at": self.answered_at,
@@ -117,7 +118,7 @@ class JournalEntry:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "JournalEntry":
+    def from_json(cls, data: JournalRecord | dict[str, Any]) -> "JournalEntry":
         return cls(
             seq=data["seq"], kind=data["kind"], args=data["args"], hash=data["hash"],
             callsite=data.get("callsite", ""), result=data.get("result"), requested_at=data.get("requested_at"),

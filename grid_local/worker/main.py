@@ -24,6 +24,7 @@ from typing import Any
 from grid_local.api.wire import WireClient, WireError, until_answered
 from grid_local.bundle_format import read_bundle
 from grid_local.errors import BundleError, LeaseLostError
+from grid_local.records import WorkerTask
 from grid_local.runtime.execution import (
     Completed,
     Failed,
@@ -118,12 +119,12 @@ class Worker:
                                      Limits.from_settings(bundle.settings, self.settings.maxima))
         return self._bundles[digest]
 
-    def _execute(self, data: dict[str, Any]) -> None:
+    def _execute(self, data: WorkerTask) -> None:
         task = FlowTask(
             flow_id=data["id"], entry=data["entry"], args=data["args"] or {},
             quota={"username": data["username"], "path": data["quota"]},
             journal=[JournalEntry.from_json(e) for e in data["journal"]],
-            lease=data["lease"], name=data["flow"],
+            epoch=data["epoch"], name=data["flow"],
         )
         try:
             self._report(task, self._evaluate(task, data["bundle"], data.get("caps") or {}))

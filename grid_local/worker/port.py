@@ -22,10 +22,6 @@ from grid_local.worker.slots import Slots
 FINISHED = ("cancelled", "failed", "completed")
 
 
-def epoch_of(task: FlowTask) -> int:
-    return int(task.lease.rsplit(":", 1)[1])
-
-
 class WorkerApiPort:
     def __init__(self, client: WireClient, worker_id: str, slots: Slots, crash_after: int | None = None) -> None:
         self.client = client
@@ -45,11 +41,7 @@ class WorkerApiPort:
             raise
 
     def append(self, task: FlowTask, entry: JournalEntry) -> dict[str, Any] | None:
-        body = {
-            "worker": self.worker_id, "epoch": epoch_of(task),
-            "entry": {"seq": entry.seq, "kind": entry.kind, "args": entry.args, "hash": entry.hash,
-                      "callsite": entry.callsite, "result": entry.result, "requested_at": entry.requested_at},
-        }
+        body = {"worker": self.worker_id, "epoch": task.epoch, "entry": entry.to_json()}
         answer = self._post(f"/v1/flows/{task.flow_id}/journal", body)["result"]
         self._count_write()
         return answer
@@ -96,9 +88,9 @@ class WorkerApiPort:
 
     def finish(self, task: FlowTask, status: str, result: Any = None, error: dict[str, Any] | None = None) -> None:
         self._post(f"/v1/flows/{task.flow_id}/finish", {
-            "worker": self.worker_id, "epoch": epoch_of(task), "status": status, "result": result, "error": error,
+            "worker": self.worker_id, "epoch": task.epoch, "status": status, "result": result, "error": error,
         })
         self._count_write()
 
     def suspend(self, task: FlowTask) -> None:
-        self._post(f"/v1/flows/{task.flow_id}/suspend", {"worker": self.worker_id, "epoch": epoch_of(task)})
+        self._post(f"/v1/flows/{task.flow_id}/suspend", {"worker": self.worker_id, "epoch": task.epoch})

@@ -70,7 +70,7 @@ class InProcessGrid:
         task = FlowTask(
             flow_id=data["id"], entry=data["entry"], args=data["args"] or {},
             quota=dict(QUOTA),
-            journal=[JournalEntry.from_json(e) for e in data["journal"]], lease=data["lease"], name=data["flow"],
+            journal=[JournalEntry.from_json(e) for e in data["journal"]], epoch=data["epoch"], name=data["flow"],
         )
         port = StorePort(self.store, asyncio.get_running_loop(), self.epochs)
         outcome = await asyncio.to_thread(FlowExecution(task, self.tree, port, self.limits).run)
