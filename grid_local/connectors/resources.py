@@ -24,7 +24,7 @@ from grid_local.connectors.containers import Containers, EngineUnavailable, grid
 from grid_local.connectors.exec_marks import MARK_ENV, kill_group, kill_marked, mark
 from grid_local.home import die_with_parent
 from grid_local.runtime import journal as jr
-from grid_local.secret_refs import KEY_ENV
+from grid_local.secret_refs import KEY_ENV, mask
 
 MAX_OUTPUT = 1024 * 1024
 SWEEP_SECONDS = 0.5
@@ -145,7 +145,12 @@ def main(argv: list[str] | None = None) -> None:
             return jr.err(f"resource '{args.get('name', '')}': this grid cannot open resources of kind '{kind}' "
                           f"(it supports: {', '.join(KINDS)})")
         if resource_kind(args, "resource") == "docker":
-            return containers.exec(request["flow_id"], args, log)
+            values = request.get("secrets") or {}  # streamed lines are masked as the result will be
+
+            def masked_log(flow_id: str, stream: str, lines: list[str]) -> None:
+                log(flow_id, stream, mask(lines, values) if values else lines)
+
+            return containers.exec(request["flow_id"], args, masked_log)
         return workspaces.exec(args, mark(grid, request["flow_id"], request["seq"]))
 
     def sweep(engine_retry: float) -> float:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,3 +134,32 @@ def test_an_unknown_or_widened_secret_fails_the_flow_at_start(grid: Grid) -> Non
     widened = grid.wait(grid.start(grid.write("widen.flow", WIDEN)))
     assert widened["status"] == "failed"
     assert "secret other-token was not granted to the calling flow" in widened["error"]["message"], widened["error"]
+
+
+IN_A_CONTAINER = """
+load("pkg.flowmetal.io/docker/v1", "docker")
+
+def _box_impl(fctx):
+    r = docker.exec(fctx.resources.box, ["sh", "-c", "echo token=$TOKEN"], env = {"TOKEN": fctx.secrets.token},
+                    stream = True)
+    return r.stdout
+
+box = flow(implementation = _box_impl, secrets = {"token": "api-token"},
+           resources = {"box": lambda fctx: docker.container(image = fctx.args.image)})
+
+if __name__ == "__flow__":
+    print("result", box(image = fctx().args.image).strip())
+"""
+
+
+def test_a_secret_in_a_containers_exec_env_is_masked_in_its_streamed_log(grid: Grid, docker_engine: Any) -> None:
+    try:
+        assert cli(grid, "secret", "set", "api-token", input=VALUE).returncode == 0
+        flow_id = grid.start(grid.write("box.flow", IN_A_CONTAINER), {"image": docker_engine.image})
+        flow = grid.wait(flow_id, timeout=120)
+        assert flow["status"] == "completed", flow["error"]
+        lines = grid.logs(flow_id)
+        assert "token=***" in lines and "result token=***" in lines, lines  # streamed, then returned
+        assert not [line for line in lines if VALUE in line]
+    finally:
+        docker_engine.remove_all_of(grid.paths.home)
