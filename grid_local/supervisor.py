@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from grid_local.api.wire import WireClient, WireError
+from grid_local.api.worker_auth import TOKEN_ENV, new_token
 from grid_local.db.startup import prepare_flow_db
 from grid_local.home import GridPaths, die_with_parent, is_supervisor_of, pid_alive, process_identity
 from grid_local.worker.settings import WorkerSettings
@@ -212,6 +213,8 @@ class Supervisor:
         self._started = time.time()
         self._identity = process_identity(os.getpid())
         self.prepare_db()
+        self.worker_token = new_token(self.paths.home)  # the Worker API's credential for this grid's life
+        os.environ[TOKEN_ENV] = self.worker_token  # for its children, and its own Worker API client
         for attempt in range(1, attempts + 1):
             self.plan()
             apis = self.children[:2]

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
+from grid_local.api.worker_auth import auth_headers
 from grid_local.errors import GridError
 
 
@@ -83,6 +84,7 @@ class WireClient:
         self.timeout = timeout
         self.patience = patience
         self._local = threading.local()
+        self.auth = auth_headers()
 
     def _connection(self) -> http.client.HTTPConnection:
         connection = getattr(self._local, "connection", None)
@@ -104,7 +106,9 @@ class WireClient:
         if params:
             path = f"{path}?{urlencode(params)}"
         payload = None if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        if not self.auth:  # a client made before its process was given the grid's credential
+            self.auth = auth_headers()
+        headers = {**self.auth, "Content-Type": "application/json"} if payload is not None else dict(self.auth)
         for attempt in (1, 2):
             try:
                 connection = self._connection()
@@ -149,7 +153,9 @@ class WireClient:
     def get_bytes(self, path: str) -> bytes:
         try:
             connection = self._connection()
-            connection.request("GET", path)
+            if not self.auth:
+                self.auth = auth_headers()
+            connection.request("GET", path, headers=self.auth)
             response = connection.getresponse()
             raw = response.read()
         except (OSError, http.client.HTTPException) as exc:

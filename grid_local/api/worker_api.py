@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from grid_local.api.notify import ANY_CHANGE, Notifier, PeerPoke, long_poll, wait_for, watch_other_writers
+from grid_local.api.worker_auth import RequireToken, worker_token
 from grid_local.api.problems import RETRY_AFTER_SECONDS, storage_problem
 from grid_local.db.secrets import load_key
 from grid_local.db.store import FlowStore
@@ -371,6 +372,9 @@ class WorkerApi:
         app = Starlette(routes=routes, lifespan=self.lifespan, exception_handlers={
             HTTPException: routing_error, Exception: internal_error})
         app.state.db_path = self.db_path
+        token = worker_token(self.db_path.parent)
+        if token:  # the supervisor always gives one; a Worker API started by hand without one is open
+            app.add_middleware(RequireToken, token=token)
         return app
 
 

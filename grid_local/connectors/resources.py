@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from grid_local.api.worker_auth import TOKEN_ENV
 from grid_local.connectors.base import api_client, connector_args, serve_requests
 from grid_local.connectors.containers import Containers, EngineUnavailable, grid_label
 from grid_local.connectors.exec_marks import MARK_ENV, kill_group, kill_marked, mark
@@ -60,7 +61,7 @@ class Workspaces:
         if not _NAME.match(owner) or not _NAME.match(name) or not path.is_dir():
             return jr.err(f"exec: workspace '{resource.get('name')}' is not open (it may have been closed)")
         timeout = float(args.get("timeout") or 60)
-        env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, MARK_ENV)}
+        env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, MARK_ENV, TOKEN_ENV)}
         env.update({str(k): str(v) for k, v in (args.get("env") or {}).items()})
         if tag:
             env[MARK_ENV] = tag

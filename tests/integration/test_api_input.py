@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from grid_local.api.worker_auth import auth_headers
 from grid_local.bundle_format import write_bundle
 from tests.integration.conftest import Grid
 
@@ -66,7 +67,7 @@ def test_client_api_refuses_bad_input_without_writing(grid: Grid, api: httpx.Cli
 
 def test_worker_api_refuses_bad_input_without_writing(grid: Grid) -> None:
     before = _counts(grid)
-    with httpx.Client(base_url=grid.state["worker_url"]) as api:
+    with httpx.Client(base_url=grid.state["worker_url"], headers=auth_headers(grid.paths.home)) as api:
         cases: list[tuple[str, str, dict[str, Any], int]] = [
             ("POST", "/v1/workers/claim", {"content": b"[oops"}, 400),
             ("POST", "/v1/workers/claim", {"json": {"worker": 7}}, 400),
@@ -97,7 +98,7 @@ def test_stale_worker_cannot_write(grid: Grid) -> None:
         assert time.monotonic() < deadline, "the flow never reached its sleep"
         time.sleep(0.02)
     before = _counts(grid)
-    with httpx.Client(base_url=grid.state["worker_url"]) as api:
+    with httpx.Client(base_url=grid.state["worker_url"], headers=auth_headers(grid.paths.home)) as api:
         response = api.post(f"/v1/flows/{flow_id}/journal", json={"worker": "impostor.1", "epoch": 1, "entry": {
             "seq": 2, "kind": "now", "hash": "h", "result": {"ok": True, "value": 1}}})
         _assert_error(response, 409)

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from grid_local.api.worker_auth import auth_headers
 from grid_local.runtime.journal import INTERRUPTED
 from tests.integration.conftest import CountingServer, Grid
 
@@ -71,7 +72,8 @@ def _finish_with_workers(grid: Grid, flow_id: str, crash_after: int | None) -> t
             if code is not None:
                 assert code == -signal.SIGKILL, f"worker exited with {code}, not by the injected SIGKILL"
                 crashes += 1
-                httpx.post(f"{grid.state['worker_url']}/v1/workers/crashy.{worker.pid}/gone")
+                httpx.post(f"{grid.state['worker_url']}/v1/workers/crashy.{worker.pid}/gone",
+                           headers=auth_headers(grid.paths.home))
                 worker = _spawn_worker(grid, None)
             time.sleep(0.02)
         raise AssertionError(f"flow {flow_id} did not finish")

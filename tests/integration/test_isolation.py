@@ -291,3 +291,29 @@ def test_a_flow_cannot_call_the_grids_own_apis(shared: Shared) -> None:
     assert lines[1].startswith(f"False http: refused: 127.0.0.1:{client_port} is this grid's own API"), lines
     assert lines[2].startswith(f"False http: refused: 127.0.0.1:{worker_port}"), lines  # checked at each hop
     assert lines[3] == "True 200", lines  # other loopback services stay reachable on the local grid
+
+
+def test_the_worker_api_needs_the_grids_credential_which_flows_never_see(shared: Shared) -> None:
+    state = shared.paths.read_state()
+    assert state is not None
+    for path in ("/v1/connectors/clock/deadlines", "/v1/bundles/sha256:x"):
+        refused = httpx.get(state["worker_url"] + path, timeout=10)
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized", refused.text
+    assert httpx.get(state["worker_url"] + "/v1/health", timeout=10).status_code == 200
+    token = (shared.paths.home / "worker-api.token").read_text().strip()
+    source = """
+load("pkg.flowmetal.io/workspace/v1", "workspace", "exec")
+
+def _env_impl(fctx):
+    return exec(fctx.resources.ws, "env").stdout
+
+env = flow(implementation = _env_impl, resources = {"ws": lambda fctx: workspace()})
+
+if __name__ == "__flow__":
+    print(env())
+"""
+    flow_id = shared.start("web-token", "env.flow", source)
+    web = shared.client("web-token")
+    assert wait_finished(web, flow_id)["status"] == "completed", web.get_flow(flow_id)
+    seen = "\n".join(logs(web, flow_id))
+    assert "PATH=" in seen and token not in seen and "FLOWMETAL_WORKER_TOKEN" not in seen
