@@ -274,10 +274,11 @@ class Supervisor:
 
     def on_exit(self, child: Child, code: int) -> None:
         """A child died: tell the Worker API, then schedule the restart with backoff."""
-        died = describe_exit(code, child.last_words()) if code < 0 and code != -signal.SIGTERM else None
+        last_words = child.last_words()
+        died = describe_exit(code, last_words) if code < 0 and code != -signal.SIGTERM else None
         self.log(f"{child.name} (pid {child.process.pid if child.process else '?'}) exited with {code}"
                  + (f": {died}" if died else ""))
-        self._report_gone([child], died)
+        self._report_gone([child], died if flow_could_cause(code, last_words) else None)
         ran = time.time() - child.started
         child.backoff = 0.1 if ran > STABLE_AFTER else min(child.backoff * 2, RESTART_BACKOFF_MAX)
         child.restart_at = time.monotonic() + (0.0 if child.role == "worker" and ran > 1.0 else child.backoff)
@@ -335,6 +336,18 @@ _SIGNALS = {
     signal.SIGILL: "illegal instruction (SIGILL)",
     signal.SIGKILL: "killed (SIGKILL: by the kernel's out-of-memory killer, or by someone)",
 }
+
+
+def flow_could_cause(code: int, last_words: str = "") -> bool:
+    """Whether a death may be the evaluated flows' doing, and so counts against them.
+
+    A SIGKILL comes from outside (a person, failure injection, a test, the kernel's OOM killer):
+    a worker dies that way through no fault of its flows, and "a worker that dies costs nothing".
+    A flow's own runaway allocation hits the worker's address-space cap first and aborts with
+    "memory allocation of ... failed", which counts, as do crashes (SIGSEGV, SIGABRT, ...)."""
+    if code >= 0 or code == -signal.SIGTERM:
+        return False
+    return code != -signal.SIGKILL or "memory allocation of" in last_words
 
 
 def describe_exit(code: int, last_words: str = "") -> str:

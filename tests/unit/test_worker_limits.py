@@ -102,3 +102,14 @@ def test_past_max_waiting_a_flow_that_starts_to_wait_keeps_its_slot_to_suspend()
     assert slots.start_waiting()
     assert not slots.start_waiting()
     assert slots.counts() == {"evaluating": 1, "waiting": 1, "queued": 0}
+
+
+def test_only_deaths_a_flow_can_cause_count_against_it() -> None:
+    import signal
+
+    from grid_local.supervisor import flow_could_cause
+
+    assert flow_could_cause(-signal.SIGSEGV) and flow_could_cause(-signal.SIGABRT)
+    assert flow_could_cause(-signal.SIGKILL, "memory allocation of 2000000000 bytes failed")
+    assert not flow_could_cause(-signal.SIGKILL)  # a person, failure injection, a test, the OOM killer
+    assert not flow_could_cause(-signal.SIGTERM) and not flow_could_cause(0) and not flow_could_cause(3)
