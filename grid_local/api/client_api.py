@@ -29,14 +29,15 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from grid_local.api.hooks import hooks_router
-from grid_local.api.quotas import quotas_router
-from grid_local.api.roles import Identity, load_tokens, require_steer, require_visible, require_writer, start_node
 from grid_local.api.notify import ANY_CHANGE, Notifier, PeerPoke, long_poll, watch_other_writers
 from grid_local.api.problems import RETRY_AFTER_SECONDS, storage_problem
+from grid_local.api.quotas import quotas_router
 from grid_local.api.replies import BundleStored, Cancelled, Done, Health, Killed, MessageSent, Process, Processes
+from grid_local.api.roles import Identity, load_tokens, require_steer, require_visible, require_writer, start_node
 from grid_local.api.schedules import schedules_router
 from grid_local.api.secrets import secrets_router
 from grid_local.bundle_format import MAX_BUNDLE_BYTES, read_bundle
+from grid_local.db.rows import under
 from grid_local.db.secrets import load_key
 from grid_local.db.store import FINISHED, FlowStore
 from grid_local.errors import ArgumentError, BundleError, NotFoundError, QuotaError, StoreError
@@ -138,11 +139,6 @@ class BodyLimit:
             return pending.pop() if pending else await receive()
 
         await self.app(scope, replay, send)
-
-
-def _under(quota: str, node: str) -> bool:
-    node = node.rstrip("/")
-    return not node or quota == node or quota.startswith(node + "/")
 
 
 class ClientApi:
@@ -314,7 +310,7 @@ class ClientApi:
             root: str | None = None, quota: str | None = None, roots_only: bool = False,
             limit: int = Query(default=500, ge=1, le=5000), who: Identity = ident,
         ) -> list[FlowRecord]:
-            node = who.quota if quota is None or not _under(quota, who.quota) else quota
+            node = who.quota if quota is None or not under(quota, who.quota) else quota
             return await self.db.list_flows(status=status, root=root, quota=node, limit=limit, roots_only=roots_only,
                                             username=who.user if who.role == "member" else None)
 
@@ -429,7 +425,7 @@ class ClientApi:
         async def start_deployment(name: str, body: StartDeployment, who: Identity = ident) -> FlowRecord:
             require_writer(who, "start flows")
             deployment = await self.db.get_deployment(name)
-            if not _under(deployment["quota"], who.quota):  # answered exactly as an unknown name
+            if not under(deployment["quota"], who.quota):  # answered exactly as an unknown name
                 raise HTTPException(404, f"no deployment named '{name}'")
             return await start_flow(StartFlow(bundle=deployment["digest"], args=body.args, name=name), who)
 

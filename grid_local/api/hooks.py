@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from grid_local.api.roles import require_writer
+from grid_local.db.rows import under
 from grid_local.errors import NotFoundError
 from grid_local.triggers import signatures, webhooks
 
@@ -33,11 +34,6 @@ class HookSpec(BaseModel):
     inbox: str = Field(default="_stdin", min_length=1, max_length=200)
     match: str | None = Field(default=None, max_length=300,
                               description="inbox hooks: ARG=SOURCE, the flow argument that must equal the request's key")
-
-
-def _under(quota: str, node: str) -> bool:
-    node = node.rstrip("/")
-    return not node or quota == node or quota.startswith(node + "/")
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -73,7 +69,7 @@ def hooks_router(api: "ClientApi") -> APIRouter:
 
     async def visible_hook(name: str, who: "Identity") -> dict[str, Any]:
         hook = await api.db.triggers.get_hook(name)
-        if not _under(hook["quota"], who.quota):
+        if not under(hook["quota"], who.quota):
             raise HTTPException(403, f"hook {name} is outside your quota node {who.quota}")
         return hook
 
@@ -95,7 +91,7 @@ def hooks_router(api: "ClientApi") -> APIRouter:
             except ValueError as exc:
                 raise HTTPException(422, str(exc)) from None
         deployment = await api.db.get_deployment(spec.deployment)
-        if not _under(deployment["quota"], who.quota):
+        if not under(deployment["quota"], who.quota):
             raise HTTPException(403, f"deployment {spec.deployment} is outside your quota node {who.quota}")
         with contextlib.suppress(NotFoundError):  # a hook of that name in another quota node stays theirs
             await visible_hook(name, who)
@@ -107,7 +103,7 @@ def hooks_router(api: "ClientApi") -> APIRouter:
 
     @router.get("/v1/hooks", summary="List webhooks (never their secrets)", responses=answers())
     async def list_hooks(who: "Identity" = ident) -> list[dict[str, Any]]:
-        return [h for h in await api.db.triggers.list_hooks() if _under(h["quota"], who.quota)]
+        return [h for h in await api.db.triggers.list_hooks() if under(h["quota"], who.quota)]
 
     @router.get("/v1/hooks/{name}", summary="A webhook (never its secret)", responses=answers(403, 404))
     async def get_hook(name: str, who: "Identity" = ident) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
 from grid_local.api.roles import require_writer
+from grid_local.db.rows import under
 from grid_local.errors import ArgumentError, NotFoundError
 from grid_local.runtime.journal import check_json
 from grid_local.triggers import cron
@@ -30,11 +31,6 @@ class ScheduleSpec(BaseModel):
     catch_up: Literal["none", "one", "all"] = "one"
 
 
-def _under(quota: str, node: str) -> bool:
-    node = node.rstrip("/")
-    return not node or quota == node or quota.startswith(node + "/")
-
-
 def schedules_router(api: "ClientApi") -> APIRouter:
     router = APIRouter()
     ident = Depends(api.identity)
@@ -42,7 +38,7 @@ def schedules_router(api: "ClientApi") -> APIRouter:
 
     async def visible(name: str, who: "Identity") -> dict[str, Any]:
         schedule = await api.db.triggers.get_schedule(name)
-        if not _under(schedule["quota"], who.quota):
+        if not under(schedule["quota"], who.quota):
             raise HTTPException(403, f"schedule {name} is outside your quota node {who.quota}")
         return schedule
 
@@ -58,7 +54,7 @@ def schedules_router(api: "ClientApi") -> APIRouter:
         except ArgumentError as exc:
             raise HTTPException(422, str(exc)) from None
         deployment = await api.db.get_deployment(spec.deployment)
-        if not _under(deployment["quota"], who.quota):
+        if not under(deployment["quota"], who.quota):
             raise HTTPException(403, f"deployment {spec.deployment} is outside your quota node {who.quota}")
         try:
             await visible(name, who)  # a schedule of that name in another quota node stays theirs
@@ -69,7 +65,7 @@ def schedules_router(api: "ClientApi") -> APIRouter:
 
     @router.get("/v1/schedules", summary="List schedules with their next fire times", responses=answers())
     async def list_schedules(who: "Identity" = ident) -> list[dict[str, Any]]:
-        return [s for s in await api.db.triggers.list_schedules() if _under(s["quota"], who.quota)]
+        return [s for s in await api.db.triggers.list_schedules() if under(s["quota"], who.quota)]
 
     @router.get("/v1/schedules/{name}", summary="A schedule", responses=answers(403, 404))
     async def get_schedule(name: str, who: "Identity" = ident) -> dict[str, Any]:
