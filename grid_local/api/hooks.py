@@ -8,7 +8,6 @@ one transaction and answers 202 with the flow id.
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -68,9 +67,10 @@ def hooks_router(api: "ClientApi") -> APIRouter:
                              "delivery": delivery, "redelivered": redelivered}, status_code=202)
 
     async def visible_hook(name: str, who: "Identity") -> dict[str, Any]:
+        """The hook, when the caller's subtree holds it; one outside it answers as an unknown name."""
         hook = await api.db.triggers.get_hook(name)
         if not under(hook["quota"], who.quota):
-            raise HTTPException(403, f"hook {name} is outside your quota node {who.quota}")
+            raise NotFoundError(f"no hook named '{name}'")
         return hook
 
     @router.put("/v1/hooks/{name}", summary="Create or replace a webhook of a deployment",
@@ -91,14 +91,12 @@ def hooks_router(api: "ClientApi") -> APIRouter:
             except ValueError as exc:
                 raise HTTPException(422, str(exc)) from None
         deployment = await api.db.get_deployment(spec.deployment)
-        if not under(deployment["quota"], who.quota):
-            raise HTTPException(403, f"deployment {spec.deployment} is outside your quota node {who.quota}")
-        with contextlib.suppress(NotFoundError):  # a hook of that name in another quota node stays theirs
-            await visible_hook(name, who)
-        return await api.db.triggers.put_hook(
+        if not under(deployment["quota"], who.quota):  # answered exactly as an unknown name
+            raise NotFoundError(f"no deployment named '{spec.deployment}'")
+        return await api.db.triggers.put_hook(  # a hook of that name in another quota node stays theirs (403)
             name, spec.deployment, deployment["quota"], who.user, spec.signature,
             spec.secret if spec.signature != "none" else None, spec.secret_source, spec.to, spec.inbox,
-            match_arg, match_source,
+            match_arg, match_source, caller=who.quota,
         )
 
     @router.get("/v1/hooks", summary="List webhooks (never their secrets)", responses=answers())

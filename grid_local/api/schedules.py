@@ -37,9 +37,10 @@ def schedules_router(api: "ClientApi") -> APIRouter:
     answers = api.responses
 
     async def visible(name: str, who: "Identity") -> dict[str, Any]:
+        """The schedule, when the caller's subtree holds it; one outside it answers as an unknown name."""
         schedule = await api.db.triggers.get_schedule(name)
         if not under(schedule["quota"], who.quota):
-            raise HTTPException(403, f"schedule {name} is outside your quota node {who.quota}")
+            raise NotFoundError(f"no schedule named '{name}'")
         return schedule
 
     @router.put("/v1/schedules/{name}", summary="Create or replace a cron schedule of a deployment",
@@ -54,14 +55,11 @@ def schedules_router(api: "ClientApi") -> APIRouter:
         except ArgumentError as exc:
             raise HTTPException(422, str(exc)) from None
         deployment = await api.db.get_deployment(spec.deployment)
-        if not under(deployment["quota"], who.quota):
-            raise HTTPException(403, f"deployment {spec.deployment} is outside your quota node {who.quota}")
-        try:
-            await visible(name, who)  # a schedule of that name in another quota node stays theirs
-        except NotFoundError:
-            pass
+        if not under(deployment["quota"], who.quota):  # answered exactly as an unknown name
+            raise NotFoundError(f"no deployment named '{spec.deployment}'")
+        # A schedule of that name in another quota node stays theirs (403, checked as it is written).
         return await api.db.triggers.put_schedule(name, spec.deployment, deployment["quota"], who.user, spec.cron,
-                                                  spec.tz, spec.args, spec.overlap, spec.catch_up)
+                                                  spec.tz, spec.args, spec.overlap, spec.catch_up, caller=who.quota)
 
     @router.get("/v1/schedules", summary="List schedules with their next fire times", responses=answers())
     async def list_schedules(who: "Identity" = ident) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from grid_local.db.clock import GridClock
 from grid_local.db.engine import Row, SqliteEngine, dumps, loads
 from grid_local.db.flows import Flows
 from grid_local.db.inboxes import Inboxes
-from grid_local.db.rows import new_id
+from grid_local.db.rows import new_id, under
 from grid_local.errors import NotFoundError, QuotaError
 from grid_local.triggers import cron
 
@@ -32,9 +32,12 @@ class TriggerStore:
 
     async def put_hook(self, name: str, deployment: str, quota: str, username: str, signature: str,
                        secret: str | None, secret_source: str, target: str, inbox: str,
-                       match_arg: str | None, match_source: str | None) -> dict[str, Any]:
+                       match_arg: str | None, match_source: str | None, caller: str = "/") -> dict[str, Any]:
+        """Create or replace a hook; a name held by a node outside ``caller``'s subtree is refused
+        (QuotaError 403) in the same transaction, so a name cannot change hands between check and write."""
         now = time.time()
         async with self.engine.transaction():
+            await self._refuse_foreign("hooks", "hook", name, caller)
             await self.engine.execute(
                 "INSERT INTO hooks (name, deployment, quota, username, signature, secret, secret_source, target, "
                 "inbox, match_arg, match_source, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -105,15 +108,23 @@ class TriggerStore:
             raise NotFoundError(f"no running flow of deployment {hook['deployment']}{which} to deliver to")
         return [r["id"] for r in rows]
 
+    async def _refuse_foreign(self, table: str, what: str, name: str, caller: str) -> None:
+        row = await self.engine.one(f"SELECT quota FROM {table} WHERE name = ?", name)
+        if row is not None and not under(row["quota"], caller):
+            raise QuotaError(f"{what} {name} belongs to a quota node outside {caller} "
+                             f"({what} names are shared by the grid: choose another)", status=403)
+
     # -- schedules ----------------------------------------------------------------------------
 
 
     async def put_schedule(self, name: str, deployment: str, quota: str, username: str, expression: str, tz: str,
-                           args: dict[str, Any], overlap: str, catch_up: str) -> dict[str, Any]:
-        """Create or replace a schedule; its next fire time is computed from now (a paused one stays paused)."""
+                           args: dict[str, Any], overlap: str, catch_up: str, caller: str = "/") -> dict[str, Any]:
+        """Create or replace a schedule; its next fire time is computed from now (a paused one stays paused).
+        A name held by a node outside ``caller``'s subtree is refused, as for hooks."""
         now = await self.clock.now()
         next_fire = cron.next_after(expression, tz, now)
         async with self.engine.transaction():
+            await self._refuse_foreign("schedules", "schedule", name, caller)
             await self.engine.execute(
                 "INSERT INTO schedules (name, deployment, quota, username, cron, tz, args, overlap, catch_up, "
                 "next_fire, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE "

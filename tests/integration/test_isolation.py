@@ -317,3 +317,37 @@ if __name__ == "__flow__":
     assert wait_finished(web, flow_id)["status"] == "completed", web.get_flow(flow_id)
     seen = "\n".join(logs(web, flow_id))
     assert "PATH=" in seen and token not in seen and "FLOWMETAL_WORKER_TOKEN" not in seen
+
+
+def test_hooks_and_schedules_of_another_tenant_answer_as_unknown_ones(shared: Shared) -> None:
+    ci, web = shared.client("ci-token"), shared.client("web-token")
+    for client, name in ((ci, "ci-dep"), (web, "web-dep")):
+        built = build_bundle(write_file(shared.project, f"{name}.flow", f'print("{name}")\n'))
+        client.upload_bundle(built.data, built.digest)
+        client.deploy(name, built.digest)
+    hook = {"deployment": "ci-dep", "signature": "none"}
+    schedule = {"deployment": "ci-dep", "cron": "0 0 1 1 *"}
+    assert raw(shared, "ci-token", "PUT", "/v1/hooks/ci-hook", json=hook).status_code == 200
+    assert raw(shared, "ci-token", "PUT", "/v1/schedules/ci-cron", json=schedule).status_code == 200
+
+    for kind, name, suffixes in (("hooks", "hook", [("GET", ""), ("DELETE", "")]),
+                                 ("schedules", "schedule", [("GET", ""), ("DELETE", ""), ("POST", "/pause"),
+                                                            ("POST", "/resume"), ("POST", "/trigger")])):
+        own = f"ci-{'hook' if kind == 'hooks' else 'cron'}"
+        for method, suffix in suffixes:
+            foreign = raw(shared, "web-token", method, f"/v1/{kind}/{own}{suffix}")
+            missing = raw(shared, "web-token", method, f"/v1/{kind}/nosuch{suffix}")
+            assert foreign.status_code == missing.status_code == 404, (kind, suffix, foreign.text)
+            assert foreign.json() == {"error": "not_found", "message": f"no {name} named '{own}'"}
+            assert missing.json() == {"error": "not_found", "message": f"no {name} named 'nosuch'"}
+        assert own not in [h["name"] for h in raw(shared, "web-token", "GET", f"/v1/{kind}").json()]
+        # A hook or schedule of ci's deployment: that deployment answers as an unknown one.
+        body = {**(hook if kind == "hooks" else schedule)}
+        answer = raw(shared, "web-token", "PUT", f"/v1/{kind}/web-{name}", json=body)
+        assert answer.status_code == 404 and answer.json()["message"] == "no deployment named 'ci-dep'", answer.text
+        # Names are grid-wide: web cannot take ci's name over with its own deployment.
+        taken = raw(shared, "web-token", "PUT", f"/v1/{kind}/{own}", json={**body, "deployment": "web-dep"})
+        assert taken.status_code == 403, taken.text
+        assert taken.json()["message"].startswith(f"{name} {own} belongs to a quota node outside /acme/web")
+        kept = raw(shared, "ci-token", "GET", f"/v1/{kind}/{own}").json()
+        assert (kept["deployment"], kept["quota"]) == ("ci-dep", "/acme/ci"), kept
