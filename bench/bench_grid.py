@@ -6,8 +6,10 @@ child flows; W5 a flow of 20 sequential 100 ms sleeps whose worker is SIGKILLed 
 W6 the same 2,000 child flows called in sequence by 200 roots of 10 and by 20 roots of 100 (a
 flow waiting on its child must never keep children from running: the first must take at most
 twice as long as the second); the memory a waiting flow costs a worker; and the peak memory (sum
-of RSS) of every grid process. A "step" is the cheapest journaled action: ``now()`` (W4: a child
-flow).
+of RSS and of PSS) of every grid process. A "step" is the cheapest journaled action: ``now()``
+(W4: a child flow); W1c, W2c and W3c are W1-W3 with a child flow as the step. W1 and W1c also
+print the median of each hop of their path (client, Flow DB commits, worker, back to the client),
+taken from the clock of the events the Flow DB records.
 
     python bench/bench_grid.py [--workers 2] [--only W6,waiting]
 """
@@ -33,6 +35,8 @@ from grid_local.home import GridPaths
 from grid_local.supervisor import start_background, stop_background
 
 FINISHED = ("completed", "failed", "cancelled")
+
+_CHILD = "def _step_impl(fctx):\n    return fctx.args.i + 1\n\nstep = flow(implementation = _step_impl)\n\n"
 
 SCRIPTS = {
     "one.flow": "fctx().actions.now()\n",
@@ -60,6 +64,11 @@ SCRIPTS = {
         "    print(total)\n"
     ),
     "parked.flow": "fctx().actions.receive()\n",
+    # The same workloads with a child flow as the step (a flow is Flowmetal's unit of composition:
+    # calling one should cost about what an action does).
+    "child_one.flow": _CHILD + "if __name__ == \"__flow__\":\n    step(i = 1)\n",
+    "child_hundred.flow": _CHILD + "if __name__ == \"__flow__\":\n    for i in range(100):\n        step(i = i)\n",
+    "child_ten.flow": _CHILD + "if __name__ == \"__flow__\":\n    for i in range(10):\n        step(i = i)\n",
 }
 # The waiting flows measured must stay in memory while they are counted (not suspend after 10 s).
 SETTINGS = {"parked.flow": {"limits": {"suspend_after": 120}}}
@@ -103,16 +112,82 @@ class MemorySampler(threading.Thread):
             self.peak_pss = max(self.peak_pss, pss)
 
 
-def wait_root(client: GridClient, flow_id: str, timeout: float = 120.0) -> dict[str, Any]:
+def wait_root(client: GridClient, flow_id: str, timeout: float = 120.0,
+              seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Follow the flow tree's events until its root finishes; every event is appended to ``seen``."""
     cursor = 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         page = client.events(after=cursor, root=flow_id, wait=5)
         cursor = page["cursor"]
         for event in page["events"]:
+            if seen is not None:
+                seen.append(event)
             if event["type"] == "flow" and event["flow_id"] == flow_id and event.get("status") in FINISHED:
                 return event
     raise TimeoutError(flow_id)
+
+
+def hops(root: str, sent: float, events: list[dict[str, Any]], seen: float) -> list[tuple[str, float]]:
+    """One run's path as (hop, ms) pairs: from the client's request through each event the Flow DB
+    recorded (``at`` is the commit's clock, the same machine's) to the client seeing the end."""
+    def label(event: dict[str, Any]) -> str:
+        who = "root" if event["flow_id"] == root else "child"
+        what = event.get("status") if event["type"] == "flow" else event.get("kind")
+        return f"{who} {event['type']} {what}"
+    path, previous, previous_at = [], "client sends start", sent
+    for event in sorted(events, key=lambda e: e["id"]):
+        path.append((f"{previous} -> {label(event)}", (event["at"] - previous_at) * 1000))
+        previous, previous_at = label(event), event["at"]
+    path.append((f"{previous} -> client sees it", (seen - previous_at) * 1000))
+    return path
+
+
+def median_hops(runs: list[list[tuple[str, float]]]) -> list[dict[str, Any]]:
+    """The median of each hop over the runs that took the most common path."""
+    shapes: dict[tuple[str, ...], list[list[tuple[str, float]]]] = {}
+    for run in runs:
+        shapes.setdefault(tuple(hop for hop, _ in run), []).append(run)
+    common = max(shapes.values(), key=len)
+    return [{"hop": hop, "p50_ms": round(statistics.median(run[i][1] for run in common), 2)}
+            for i, (hop, _) in enumerate(common[0])]
+
+
+def latency(client: GridClient, digest: str, runs: int = 50) -> dict[str, Any]:
+    """W1: start-to-result latency of one flow, p50 and p95, with the median of each hop."""
+    latencies, paths = [], []
+    for _ in range(runs):
+        events: list[dict[str, Any]] = []
+        began, sent = time.perf_counter(), time.time()
+        flow_id = client.start_flow(digest, {})["id"]
+        wait_root(client, flow_id, seen=events)
+        latencies.append((time.perf_counter() - began) * 1000)
+        paths.append(hops(flow_id, sent, events, time.time()))
+    latencies.sort()
+    return {"runs": runs, "p50_ms": round(statistics.median(latencies), 2),
+            "p95_ms": round(latencies[int(0.95 * len(latencies)) - 1], 2), "hops": median_hops(paths)}
+
+
+def sequential(client: GridClient, digest: str, steps: int, runs: int = 5) -> dict[str, Any]:
+    """W2: one flow of ``steps`` sequential steps, the median of ``runs``."""
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        wait_root(client, client.start_flow(digest, {})["id"])
+        times.append(time.perf_counter() - began)
+    elapsed = statistics.median(times)
+    return {"steps": steps, "runs": runs, "median_seconds": round(elapsed, 3),
+            "steps_per_s": round(steps / elapsed, 1), "best_steps_per_s": round(steps / min(times), 1)}
+
+
+def throughput(client: GridClient, digest: str, flows: int, steps: int) -> dict[str, Any]:
+    """W3: ``flows`` flows of ``steps`` steps each, submitted at once."""
+    began = time.perf_counter()
+    ids = {client.start_flow(digest, {})["id"] for _ in range(flows)}
+    wait_all(client, ids)
+    elapsed = time.perf_counter() - began
+    return {"flows": flows, "steps": flows * steps, "seconds": round(elapsed, 3),
+            "flows_per_s": round(flows / elapsed, 1), "steps_per_s": round(flows * steps / elapsed, 1)}
 
 
 def wait_all(client: GridClient, ids: set[str], timeout: float = 300.0) -> None:
@@ -172,7 +247,7 @@ def waiting_memory(client: GridClient, paths: GridPaths, digest: str, count: int
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", default="", help="comma-separated workloads to run (W1..W6, resume, waiting)")
+    parser.add_argument("--only", default="", help="comma-separated workloads to run (W1..W6, W1c..W3c, resume, waiting)")
     options = parser.parse_args()
     only = set(filter(None, options.only.split(",")))
 
@@ -193,37 +268,18 @@ def main() -> None:
             client.upload_bundle(data, digest)
             digests[name] = digest
         # Warm-up: workers load the bundles and the prelude once.
-        for name in ("one.flow", "ten.flow"):
+        for name in ("one.flow", "ten.flow", "child_one.flow"):
             wait_root(client, client.start_flow(digests[name], {})["id"])
 
-        if wanted("W1"):
-            latencies = []
-            for _ in range(50):
-                began = time.perf_counter()
-                flow_id = client.start_flow(digests["one.flow"], {})["id"]
-                wait_root(client, flow_id)
-                latencies.append((time.perf_counter() - began) * 1000)
-            latencies.sort()
-            emit({"workload": "W1", "runs": 50, "p50_ms": round(statistics.median(latencies), 2),
-                  "p95_ms": round(latencies[int(0.95 * len(latencies)) - 1], 2)})
-
-        if wanted("W2"):
-            runs = []
-            for _ in range(5):
-                began = time.perf_counter()
-                wait_root(client, client.start_flow(digests["hundred.flow"], {})["id"])
-                runs.append(time.perf_counter() - began)
-            elapsed = statistics.median(runs)
-            emit({"workload": "W2", "steps": 100, "runs": 5, "median_seconds": round(elapsed, 3),
-                  "steps_per_s": round(100 / elapsed, 1), "best_steps_per_s": round(100 / min(runs), 1)})
-
-        if wanted("W3"):
-            began = time.perf_counter()
-            ids = {client.start_flow(digests["ten.flow"], {})["id"] for _ in range(200)}
-            wait_all(client, ids)
-            elapsed = time.perf_counter() - began
-            emit({"workload": "W3", "flows": 200, "steps": 2000, "seconds": round(elapsed, 3),
-                  "flows_per_s": round(200 / elapsed, 1), "steps_per_s": round(2000 / elapsed, 1)})
+        # Each of W1-W3 twice: the step an action (now()), then a child flow ("c").
+        for suffix, one, hundred, ten in (("", "one", "hundred", "ten"), ("c", "child_one", "child_hundred", "child_ten")):
+            step = "child flow" if suffix else "action"
+            if wanted("W1" + suffix):
+                emit({"workload": "W1" + suffix, "step": step, **latency(client, digests[f"{one}.flow"])})
+            if wanted("W2" + suffix):
+                emit({"workload": "W2" + suffix, "step": step, **sequential(client, digests[f"{hundred}.flow"], 100)})
+            if wanted("W3" + suffix):
+                emit({"workload": "W3" + suffix, "step": step, **throughput(client, digests[f"{ten}.flow"], 200, 10)})
 
         if wanted("W4"):
             began = time.perf_counter()

@@ -189,10 +189,14 @@ class WorkerApi:
             callsite=field(raw, "callsite", str, ""), result=field(raw, "result", (dict, type(None)), None),
             requested_at=field(raw, "requested_at", (int, float, type(None)), None),
         )
-        appended = await self.db.append(flow_id, worker, epoch, entry)
+        take_child = field(data, "take_child", bool, False) and kind == "run" and worker not in self.gone
+        appended = await self.db.append(flow_id, worker, epoch, entry, take_child=take_child)
         if appended.delay:  # failure injection: the request is committed, its answer held back
             await asyncio.sleep(appended.delay)
-        return JSONResponse({"result": appended.result})
+        answer: dict[str, Any] = {"result": appended.result}
+        if appended.task is not None:
+            answer["task"] = appended.task
+        return JSONResponse(answer)
 
     async def result(self, request: Request) -> Response:
         flow_id = request.path_params["flow_id"]

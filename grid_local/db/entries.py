@@ -16,10 +16,11 @@ from grid_local.db.clock import GridClock
 from grid_local.db.engine import Row, SqliteEngine, dumps, loads
 from grid_local.db.flows import Flows
 from grid_local.db.inboxes import Inboxes
-from grid_local.db.leases import check_held
+from grid_local.db.leases import Leases, check_held
 from grid_local.db.results import record_once
 from grid_local.db.rows import journal_entry
 from grid_local.errors import LeaseLostError, NotFoundError
+from grid_local.records import WorkerTask
 from grid_local.runtime import journal as jr
 from grid_local.runtime import rules
 from grid_local.runtime.journal import JournalEntry
@@ -30,6 +31,8 @@ class Appended(NamedTuple):
     """The entry's result when it was answered in the append's transaction."""
     delay: float
     """Seconds a 'delay' failure injection holds the answer back."""
+    task: WorkerTask | None = None
+    """A ``run``'s child, leased to the appending worker in the same transaction (``take_child``)."""
 
 
 def entry_bytes(entry: JournalEntry) -> int:
@@ -48,8 +51,9 @@ def journal_over_cap(flow: Row, entry: JournalEntry) -> str | None:
 
 
 class Entries:
-    def __init__(self, engine: SqliteEngine, flows: Flows, inboxes: Inboxes, clock: GridClock) -> None:
+    def __init__(self, engine: SqliteEngine, flows: Flows, inboxes: Inboxes, clock: GridClock, leases: Leases) -> None:
         self.engine = engine
+        self.leases = leases
         self.clock = clock
         self.flows = flows
         self.inboxes = inboxes
@@ -58,8 +62,10 @@ class Entries:
         rows = await self.engine.all("SELECT * FROM journal WHERE flow_id = ? ORDER BY seq", flow_id)
         return [journal_entry(r) for r in rows]
 
-    async def append(self, flow_id: str, worker: str, epoch: int, entry: JournalEntry) -> Appended:
-        """Commit a request (and its result when it has one), with any result answered in the same transaction."""
+    async def append(self, flow_id: str, worker: str, epoch: int, entry: JournalEntry,
+                     take_child: bool = False) -> Appended:
+        """Commit a request (and its result when it has one), with any result answered in the same
+        transaction. ``take_child``: the worker has a free slot for the child a ``run`` starts."""
         now = await self.clock.now()
         if self.clock.virtual:  # the journal records the grid's (virtual) time, and now() answers it
             entry.requested_at = now
@@ -103,12 +109,13 @@ class Entries:
                 raise LeaseLostError(f"journal of {flow_id} is at {expected - 1}; refusing entry {entry.seq}")
             over = journal_over_cap(flow, entry)
             if over is None:
-                return await self._append_held(flow, entry, worker, now)
+                return await self._append_held(flow, entry, worker, now, take_child)
             message = await self._cap_message(flow, over)
             await self.flows.end(flow, "failed", error={"message": message, "traceback": "", "kind": "QuotaError"})
         raise LeaseLostError(message)
 
-    async def _append_held(self, flow: Row, entry: JournalEntry, worker: str, now: float) -> Appended:
+    async def _append_held(self, flow: Row, entry: JournalEntry, worker: str, now: float,
+                           take_child: bool = False) -> Appended:
         """The full append, inside the transaction that checked the lease and the sequence number."""
         flow_id = flow["id"]
         result = entry.result
@@ -134,8 +141,11 @@ class Entries:
         if result is not None:
             self.engine.note("result", flow_id, entry.seq)
             return Appended(result, delay)
+        task = None
         if entry.kind == "run":
             result = await self.flows.start_child(flow, entry.args)
+            if take_child and result["ok"]:
+                task = await self.leases.lease_child(rules.started_id(result), worker)
         elif entry.kind == "send":
             result = await self.inboxes.send_from_flow(flow, entry.args)
         elif entry.kind == "wait":
@@ -152,7 +162,7 @@ class Entries:
             self.engine.note("deadlines")
         if entry.kind == "wait" and result is None:
             self.flows.quotas.room_freed()  # a parent waiting on its children no longer counts as running
-        return Appended(result, delay)
+        return Appended(result, delay, task)
 
     async def _cap_message(self, flow: Row, limit: str) -> str:
         """Which node's limit the flow's journal reached, in words (journal caps are stamped at start)."""

@@ -84,6 +84,27 @@ class Leases:
                 tasks.append(worker_task(row, entries, caps[row["quota"]]))
             return tasks
 
+    async def lease_child(self, child_id: str, worker: str) -> WorkerTask | None:
+        """Inside the transaction of the ``run`` that started it: lease a new child flow to its
+        parent's worker at once, which then evaluates it with the bundle it already loaded, with no
+        claim round trip and no other worker woken for it. Not while any quota node has a running
+        limit: then the fair claim order (``Quotas.pick``) decides who runs next."""
+        if await self.engine.one("SELECT 1 FROM quota_nodes WHERE running IS NOT NULL LIMIT 1") is not None:
+            return None
+        now = time.time()
+        rows = await self.engine.all(
+            "UPDATE flows SET lease_owner = ?, lease_expires = ?, lease_epoch = lease_epoch + 1, runnable = 0, "
+            "status = 'running', updated = ? WHERE id = ? AND runnable = 1 AND lease_owner IS NULL RETURNING *",
+            worker, now + LEASE_SECONDS, now, child_id,
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        caps = await self.quotas.worker_caps({row["quota"]})
+        self.engine.event(row["id"], row["root"], "flow",
+                          {"status": "running", "worker": worker, "replay": 0, "name": row["name"]})
+        return worker_task(row, [], caps[row["quota"]])
+
     async def suspend(self, flow_id: str, worker: str, epoch: int) -> None:
         """Release a flow that waits on a slow action; it becomes runnable again when a result lands."""
         async with self.engine.transaction():

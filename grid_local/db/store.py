@@ -52,8 +52,8 @@ class FlowStore:
         flows = Flows(engine, quotas, self.secrets)
         inboxes = Inboxes(engine)
         self.clock = GridClock(engine)  # real, or virtual (db/clock.py)
-        entries = Entries(engine, flows, inboxes, self.clock)
         leases = Leases(engine, quotas, flows)
+        entries = Entries(engine, flows, inboxes, self.clock, leases)
         events = Events(engine)
         self.triggers = TriggerStore(engine, inboxes, flows, self.clock)  # webhooks and schedules
         self.quotas = quotas  # the quota tree (nodes, limits, usage)

@@ -53,6 +53,11 @@ def started(child_id: str, args: dict[str, Any]) -> dict[str, Any]:
     return ok({"flow_id": child_id, "flow": child_name(args)})
 
 
+def started_id(answer: dict[str, Any]) -> str:
+    """The child flow id in a ``run``'s answer."""
+    return str(answer["value"]["flow_id"])
+
+
 # -- wait ---------------------------------------------------------------------------------------
 
 def waited_ids(args: dict[str, Any]) -> list[str]:

@@ -62,7 +62,7 @@ class Worker:
         self.client = WireClient(api_url)
         self.slots = Slots(self.settings.slots, self.settings.max_waiting)
         crash = os.environ.get(CRASH_ENV)
-        self.port = WorkerApiPort(self.client, worker_id, self.slots, int(crash) if crash else None)
+        self.port = WorkerApiPort(self.client, worker_id, self.slots, int(crash) if crash else None, take=self._start)
         threading.stack_size(self.settings.stack_bytes)  # deep enough for the grid's max_callstack
         self.pool = ThreadPoolExecutor(max_workers=self.settings.threads, thread_name_prefix="flow")
         self.held: dict[str, FlowExecution | None] = {}
@@ -87,10 +87,14 @@ class Worker:
                 self._stopping.wait(0.2)
                 continue
             for task in claimed["tasks"]:
-                with self._lock:
-                    self.held[task["id"]] = None
                 self.slots.take()
-                self.pool.submit(self._execute, task)
+                self._start(task)
+
+    def _start(self, task: WorkerTask) -> None:
+        """Evaluate a flow leased to this worker (its slot already taken)."""
+        with self._lock:
+            self.held[task["id"]] = None
+        self.pool.submit(self._execute, task)
 
     def stop(self) -> None:
         self._stopping.set()

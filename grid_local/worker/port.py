@@ -11,11 +11,13 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from grid_local.api.wire import WireClient, WireError, until_answered
 from grid_local.errors import LeaseLostError
 from grid_local.runtime.execution import FlowTask
+from grid_local.records import WorkerTask
 from grid_local.runtime.journal import JournalEntry
 from grid_local.worker.slots import Slots
 
@@ -23,8 +25,11 @@ FINISHED = ("cancelled", "failed", "completed")
 
 
 class WorkerApiPort:
-    def __init__(self, client: WireClient, worker_id: str, slots: Slots, crash_after: int | None = None) -> None:
+    def __init__(self, client: WireClient, worker_id: str, slots: Slots, crash_after: int | None = None,
+                 take: Callable[[WorkerTask], None] | None = None) -> None:
         self.client = client
+        self.take = take
+        """Where a child flow handed over with its parent's ``run`` goes (it holds a slot already)."""
         self.worker_id = worker_id
         self.slots = slots
         self.crash_after = crash_after
@@ -41,10 +46,26 @@ class WorkerApiPort:
             raise
 
     def append(self, task: FlowTask, entry: JournalEntry) -> dict[str, Any] | None:
-        body = {"worker": self.worker_id, "epoch": task.epoch, "entry": entry.to_json()}
-        answer = self._post(f"/v1/flows/{task.flow_id}/journal", body)["result"]
+        body: dict[str, Any] = {"worker": self.worker_id, "epoch": task.epoch, "entry": entry.to_json()}
+        # A child flow is cheapest where its parent runs: the bundle is loaded, and no claim round
+        # trip or other worker's wake-up stands between the run and the child's evaluation. Ask for
+        # it only with a slot reserved for it.
+        reserved = entry.kind == "run" and self.take is not None and self.slots.try_take()
+        if reserved:
+            body["take_child"] = True
+        try:
+            answer = self._post(f"/v1/flows/{task.flow_id}/journal", body)
+        except BaseException:
+            if reserved:
+                self.slots.give_back()
+            raise
+        child = answer.get("task")
+        if child is not None and self.take is not None:
+            self.take(child)
+        elif reserved:
+            self.slots.give_back()
         self._count_write()
-        return answer
+        return answer["result"]  # type: ignore[no-any-return]
 
     def _count_write(self) -> None:
         """Failure injection for crash tests: die by SIGKILL right after the N-th journal write."""

@@ -36,6 +36,14 @@ class Slots:
         with self._changed:
             self.evaluating += 1
 
+    def try_take(self) -> bool:
+        """Take a slot if one is free now (for a child flow the parent's ``run`` may hand over)."""
+        with self._changed:
+            if self.capacity - self.evaluating - self.queued <= 0:
+                return False
+            self.evaluating += 1
+            return True
+
     def give_back(self) -> None:
         """A flow left the worker (finished, failed, suspended or lost)."""
         with self._changed:

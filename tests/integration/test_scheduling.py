@@ -46,3 +46,31 @@ def test_past_max_waiting_a_waiting_flow_is_suspended_and_resumed(grid_factory: 
     assert [f["status"] for f in flows] == ["completed"] * 3
     assert [grid.logs(flow_id) for flow_id in ids] == [["awake"]] * 3
     assert sum(f["resumes"] for f in flows) >= 1, "no flow was suspended, though only one may wait in memory"
+
+
+def test_a_child_flow_runs_on_its_parents_worker_when_it_has_a_free_slot(grid_factory: Any) -> None:
+    # With two workers, a child handed over in its parent's `run` answer must be evaluated by the
+    # parent's worker every time (no claim race): the bundle is already loaded there.
+    grid = grid_factory(workers=2)
+    script = grid.write("calls.flow", """
+        def _step_impl(fctx):
+            return fctx.args.i + 1
+
+        step = flow(implementation = _step_impl)
+
+        if __name__ == "__flow__":
+            total = 0
+            for i in range(6):
+                total += step(i = i)
+            print(total)
+    """)
+    root = grid.start(script)
+
+    assert grid.wait(root, timeout=60)["status"] == "completed"
+    assert grid.logs(root) == ["21"]
+    running = [e for e in grid.client.events(after=0, root=root)["events"]
+               if e["type"] == "flow" and e["status"] == "running"]
+    parent_worker = next(e["worker"] for e in running if e["flow_id"] == root)
+    children = [e for e in running if e["flow_id"] != root]
+    assert len(children) == 6
+    assert {e["worker"] for e in children} == {parent_worker}, children
