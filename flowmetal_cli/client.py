@@ -243,8 +243,11 @@ class GridClient:
     def deployments(self) -> list[dict[str, Any]]:
         return self._json("GET", "/v1/deployments")
 
-    def start_deployment(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
-        return self._json("POST", f"/v1/deployments/{name}/start", json={"args": args})
+    def start_deployment(self, name: str, args: dict[str, Any], quota: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"args": args}
+        if quota is not None:
+            body["quota"] = quota
+        return self._json("POST", f"/v1/deployments/{name}/start", json=body)
 
     # -- triggers (webhooks and schedules) ----------------------------------------------------------
 

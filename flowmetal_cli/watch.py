@@ -76,10 +76,12 @@ class _Either:
 
 class Watcher:
     def __init__(self, file: Path, context: str | None, args: dict[str, Any], *,
-                 connector: Callable[..., GridClient] = connect, max_runs: int | None = None) -> None:
+                 connector: Callable[..., GridClient] = connect, max_runs: int | None = None,
+                 quota: str | None = None) -> None:
         self.file = file
         self.context = context
         self.args = args
+        self.quota = quota
         self.connector = connector
         self.max_runs = max_runs
         self.root, _ = entry_path(file)
@@ -134,7 +136,7 @@ class Watcher:
         try:
             client = self.grid()
             upload(client, built)
-            flow = client.start_flow(built.digest, self.args, name=self.file.name)
+            flow = client.start_flow(built.digest, self.args, name=self.file.name, quota=self.quota)
         except FlowmetalError as exc:
             if self.client is not None:
                 self.client.close()
@@ -242,11 +244,12 @@ def _shown(root: Path, path: str) -> str:
 
 
 def watch_and_run(file: Path, context: str | None, args: dict[str, Any], *, stop: Event | None = None,
-                  max_runs: int | None = None, debounce_ms: int = 300, step_ms: int = 50) -> int:
+                  max_runs: int | None = None, debounce_ms: int = 300, step_ms: int = 50,
+                  quota: str | None = None) -> int:
     """Run ``file`` now and again on every change until Ctrl-C (130), ``stop`` (0) or ``max_runs`` runs.
 
     With ``max_runs`` the result is the exit code of the last run (0 completed, 1 failed, 2 bundle
     error, ...). Raises BundleError at once when ``file`` is not a script that exists.
     """
-    watcher = Watcher(file, context, args, max_runs=max_runs)
+    watcher = Watcher(file, context, args, max_runs=max_runs, quota=quota)
     return watcher.loop(stop, debounce_ms, step_ms)

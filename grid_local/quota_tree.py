@@ -7,7 +7,6 @@ queries that apply these rules live in ``grid_local/db/quotas.py``.
 
 from __future__ import annotations
 
-import heapq
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ LIMITS: dict[str, str] = {
     "journal_bytes": "journal bytes per flow",
     "bundle_bytes": "bundle bytes",
     "eval_budget": "seconds of evaluation budget per flow",
+    "resources": "open resources (workspaces, containers)",
 }
 """Every limit a node may set, with the words a refusal uses for it."""
 
@@ -164,40 +164,58 @@ def fair_pick(queued: Iterable[Queued], running: Mapping[str, int], running_limi
               shares: Mapping[str, int], limit: int) -> list[str]:
     """Which queued flows to lease now, at most ``limit``, in order.
 
-    Each node that holds queued flows is served in turn: the next flow comes from the node with the
-    fewest running flows for its share (``running / share``, ties to the oldest flow), so a node
-    flooded with queued work cannot delay a sibling's next flow. A flow is skipped while any node of
-    its ancestry is at its ``running`` limit; it stays pending and starts when they all have room.
+    Fair at every level of the tree: each pick walks down from ``/``, and at each node takes the
+    child (among those with queued work below them) with the fewest running flows in its subtree
+    for its share (``running / share``, ties to the oldest queued flow); flows queued in a node
+    itself compete with its children as one more child of share 1. So a flooded ``/acme/ci`` (or
+    a hundred flooded nodes below it) cannot delay ``/acme/web``, and all of ``/acme`` weighs as
+    much as ``/other``. A subtree whose node is at its ``running`` limit is skipped: its flows stay
+    pending and start when their whole ancestry has room.
     """
     heads: dict[str, list[Queued]] = {}
     for flow in sorted(queued, key=lambda f: f.created, reverse=True):
         heads.setdefault(flow.quota, []).append(flow)  # oldest last: pop() takes it
-    used: dict[str, int] = {}
+    busy: dict[str, int] = {}  # running flows (and those picked here) in each node's subtree
+    own: dict[str, int] = dict(running)  # ... in the node itself
     for quota, count in running.items():
         for node in ancestry(quota):
-            if node in running_limits:
-                used[node] = used.get(node, 0) + count
-    taken: dict[str, int] = {}
+            busy[node] = busy.get(node, 0) + count
+    waiting: dict[str, int] = {}  # queued flows left in each node's subtree
+    children: dict[str, set[str]] = {}
+    for quota, flows in heads.items():
+        chain = ancestry(quota)
+        for node in chain:
+            waiting[node] = waiting.get(node, 0) + len(flows)
+        for child, parent in zip(chain, chain[1:]):
+            children.setdefault(parent, set()).add(child)
 
-    def priority(quota: str) -> tuple[float, float]:
-        share = max(shares.get(quota, 1), 1)
-        return ((running.get(quota, 0) + taken.get(quota, 0)) / share, heads[quota][-1].created)
+    def oldest(node: str) -> float:
+        found = heads[node][-1].created if heads.get(node) else float("inf")
+        return min([found, *(oldest(c) for c in children.get(node, ()) if waiting.get(c))])
 
-    order = [(priority(q), q) for q in heads]
-    heapq.heapify(order)
+    def descend(node: str) -> str | None:
+        """The node to take the next flow from, in the subtree at ``node`` (None: none may start)."""
+        if node in running_limits and busy.get(node, 0) >= running_limits[node]:
+            return None
+        options: list[tuple[float, float, str, bool]] = []
+        if heads.get(node):
+            options.append((own.get(node, 0), heads[node][-1].created, node, True))
+        for child in children.get(node, ()):
+            if waiting.get(child):
+                options.append((busy.get(child, 0) / max(shares.get(child, 1), 1), oldest(child), child, False))
+        for _, _, target, itself in sorted(options):
+            found = target if itself else descend(target)
+            if found is not None:
+                return found
+        return None
+
     picked: list[str] = []
-    while order and len(picked) < limit:
-        _, quota = heapq.heappop(order)
-        limited = [n for n in ancestry(quota) if n in running_limits]
-        if any(used.get(n, 0) >= running_limits[n] for n in limited):
-            continue  # this node waits until its ancestry has room
-        flow = heads[quota].pop()
-        picked.append(flow.id)
-        taken[quota] = taken.get(quota, 0) + 1
-        for node in limited:
-            used[node] = used.get(node, 0) + 1
-        if heads[quota]:
-            heapq.heappush(order, (priority(quota), quota))
+    while len(picked) < limit and (source := descend("/")) is not None:
+        picked.append(heads[source].pop().id)
+        own[source] = own.get(source, 0) + 1
+        for node in ancestry(source):
+            busy[node] = busy.get(node, 0) + 1
+            waiting[node] -= 1
     return picked
 
 

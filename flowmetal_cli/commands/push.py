@@ -22,7 +22,7 @@ from flowmetal_cli import console
 from flowmetal_cli.bundle import ENTRY_SUFFIXES, build_bundle
 from flowmetal_cli.checker import refuse_check_errors
 from flowmetal_cli.client import GridClient, Progress
-from flowmetal_cli.commands.run import ContextOption, parse_args, report_outcome
+from flowmetal_cli.commands.run import ContextOption, QuotaOption, parse_args, quota_node, report_outcome
 from flowmetal_cli.connect import connect
 from flowmetal_cli.project_triggers import apply_triggers, plan_triggers, project_folder
 from flowmetal_cli.streaming import follow
@@ -193,10 +193,11 @@ def deployments(
                    f"{d.get('quota', '')}")
 
 
-def start_deployment(name: str, context: str | None, args: dict[str, Any], detach: bool) -> int:
+def start_deployment(name: str, context: str | None, args: dict[str, Any], detach: bool,
+                     quota: str | None = None) -> int:
     client = connect(context, autostart=True)
     try:
-        flow = client.start_deployment(name, args)
+        flow = client.start_deployment(name, args, quota)
         if detach:
             typer.echo(flow["id"])
             return console.EXIT_OK
@@ -213,6 +214,7 @@ def start(
     arg: Annotated[list[str], typer.Option("--arg", "-a", help="A root flow argument KEY=VALUE (repeatable).")] = [],
     args_json: Annotated[str | None, typer.Option("--args-json", help="Root flow arguments as a JSON object.")] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Print the flow id and return at once.")] = False,
+    quota: QuotaOption = None,
 ) -> None:
     """Start a deployed flow and stream its output, as `flowmetal run` does.
 
@@ -224,10 +226,13 @@ def start(
       flowmetal start nightly
 
       flowmetal start --context prod --arg ref=v1.2 --detach release
+
+      flowmetal start --quota /acme/ci nightly
     """
     args = parse_args(arg, args_json)
+    quota = quota_node(quota)
     with console.edge():
-        raise typer.Exit(start_deployment(name, context, args, detach))
+        raise typer.Exit(start_deployment(name, context, args, detach, quota))
 
 
 def register(app: typer.Typer) -> None:

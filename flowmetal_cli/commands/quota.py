@@ -42,8 +42,18 @@ def _bar(usage: int, limit: Any, width: int = 10) -> str:
     return "#" * filled + "." * (width - filled)
 
 
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KiB``: journal sizes in a column."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" or n >= 10 else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.0f} GiB"
+
+
 def _print_tree(nodes: list[dict[str, Any]]) -> None:
-    typer.echo(f"{'NODE':<32}{'RUNNING':>10} {'':<10}{'PENDING':>9}{'WAITING':>9}{'LIVE':>10}{'RATE/M':>10}  SHARE")
+    typer.echo(f"{'NODE':<32}{'RUNNING':>10} {'':<10}{'PENDING':>9}{'WAITING':>9}{'LIVE':>10}{'RATE/M':>10}"
+               f"{'RESOURCES':>11}{'JOURNALS':>10}  SHARE")
     base = nodes[0]["path"].count("/") if nodes and nodes[0]["path"] != "/" else 0
     for node in nodes:
         depth = (node["path"].count("/") if node["path"] != "/" else 0) - base
@@ -51,7 +61,8 @@ def _print_tree(nodes: list[dict[str, Any]]) -> None:
         use, lim = node["usage"], node["limits"]
         typer.echo(f"{name[:31]:<32}{_cell(use['running'], lim.get('running')):>10} "
                    f"{_bar(use['running'], lim.get('running'))}{use['pending']:>9}{use['waiting']:>9}"
-                   f"{_cell(use['live'], lim.get('live')):>10}{_cell(use['rate'], lim.get('rate')):>10}  {node['share']}")
+                   f"{_cell(use['live'], lim.get('live')):>10}{_cell(use['rate'], lim.get('rate')):>10}"
+                   f"{_cell(use['resources'], lim.get('resources')):>11}{human_bytes(use['journal_bytes']):>10}  {node['share']}")
 
 
 def tree(
@@ -99,7 +110,8 @@ def show(
                f"{'creates children on first use' if found['open'] else 'children only by quota set'}")
     use = found["usage"]
     typer.echo(f"usage: {use['running']} running, {use['pending']} pending, {use['waiting']} waiting, "
-               f"{use['rate']} started in the last minute")
+               f"{use['rate']} started in the last minute, {use['resources']} open resources, "
+               f"journals {human_bytes(use['journal_bytes'])}")
     if not found["effective"]:
         typer.echo("limits: none")
     for name, limit in found["effective"].items():
@@ -117,6 +129,7 @@ def set_limits(
     journal_bytes: LimitOption = None,
     bundle_bytes: LimitOption = None,
     eval_budget: Annotated[str | None, typer.Option(help="Cap on a bundle's eval_budget, seconds, or 'none'.")] = None,
+    resources: Annotated[str | None, typer.Option(help="Open resources (workspaces, containers) of the subtree, or 'none'.")] = None,
     share: Annotated[int | None, typer.Option(min=1, help="Weight among its siblings in the claim order.")] = None,
     open_: Annotated[bool | None, typer.Option("--open/--closed", help="Whether children are created on first use.")] = None,
 ) -> None:
@@ -131,7 +144,8 @@ def set_limits(
     settings: dict[str, Any] = {}
     for name, text, parse in (("running", running, int), ("rate", rate, qt.parse_rate), ("live", live, int),
                               ("journal_entries", journal_entries, int), ("journal_bytes", journal_bytes, int),
-                              ("bundle_bytes", bundle_bytes, int), ("eval_budget", eval_budget, float)):
+                              ("bundle_bytes", bundle_bytes, int), ("eval_budget", eval_budget, float),
+                              ("resources", resources, int)):
         value = _number(name, text, parse)
         if value is not ...:
             settings[name] = value

@@ -14,6 +14,7 @@ from flowmetal_cli.checker import refuse_check_errors
 from flowmetal_cli.client import GridClient
 from flowmetal_cli.connect import connect
 from flowmetal_cli.streaming import follow
+from grid_local import quota_tree as qt
 
 ContextOption = Annotated[
     str | None, typer.Option("--context", "-c", help="Context to use (default: $FLOWMETAL_CONTEXT, else the current one).")
@@ -59,12 +60,27 @@ def report_outcome(flow: dict[str, Any]) -> int:
     return console.EXIT_FAILED
 
 
-def run_once(file: Path, context: str | None, args: dict[str, Any], detach: bool) -> int:
+QuotaOption = Annotated[
+    str | None, typer.Option("--quota", "-q", help="The quota node to start in (default: your own; an admin may name one below it).")
+]
+
+
+def quota_node(text: str | None) -> str | None:
+    """A --quota node as the grid spells it (``acme/ci/`` -> ``/acme/ci``); a malformed one is a usage error."""
+    if text is None:
+        return None
+    try:
+        return qt.normalize(text)
+    except qt.QuotaPathError as exc:
+        console.fail(f"--quota: {exc}", console.EXIT_USAGE)
+
+
+def run_once(file: Path, context: str | None, args: dict[str, Any], detach: bool, quota: str | None = None) -> int:
     refuse_check_errors(file)
     built = build_bundle(file)
     client = connect(context, autostart=True)
     upload(client, built)
-    flow = client.start_flow(built.digest, args, name=file.name)
+    flow = client.start_flow(built.digest, args, name=file.name, quota=quota)
     if detach:
         typer.echo(flow["id"])
         return console.EXIT_OK
@@ -82,6 +98,7 @@ def run(
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Print the flow id and return at once.")] = False,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Re-run on every change to the script or what it loads.")] = False,
     virtual_clock: Annotated[bool, typer.Option("--virtual-clock", help="Run on an ephemeral local grid whose clock jumps over sleeps and timeouts whenever nothing else can happen (a week's sleep takes milliseconds).")] = False,
+    quota: QuotaOption = None,
 ) -> None:
     """Bundle FILE, start it on a grid and stream its output.
 
@@ -102,11 +119,14 @@ def run(
       flowmetal run --context=prod --detach nightly.flow
 
       flowmetal run --virtual-clock weekly-reminder.flow
+
+      flowmetal run --quota /acme/ci build.flow
     """
     args = parse_args(arg, args_json)
+    quota = quota_node(quota)
     if virtual_clock:
-        if watch or detach or context not in (None, "local"):
-            console.fail("--virtual-clock runs on an ephemeral local grid: not with --watch, --detach or --context",
+        if watch or detach or quota is not None or context not in (None, "local"):
+            console.fail("--virtual-clock runs on an ephemeral local grid: not with --watch, --detach, --quota or --context",
                          console.EXIT_USAGE)
         from flowmetal_cli.ephemeral import run_with_virtual_clock
 
@@ -116,9 +136,9 @@ def run(
         from flowmetal_cli.watch import watch_and_run
 
         with console.edge():
-            raise typer.Exit(watch_and_run(file, context, args))
+            raise typer.Exit(watch_and_run(file, context, args, quota=quota))
     with console.edge():
-        raise typer.Exit(run_once(file, context, args, detach))
+        raise typer.Exit(run_once(file, context, args, detach, quota))
 
 
 def register(app: typer.Typer) -> None:

@@ -98,6 +98,8 @@ class Deployment(BaseModel):
 
 class StartDeployment(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
+    quota: str | None = Field(default=None, max_length=1100, pattern=NODE_PATTERN,
+                              description="The quota node to start in (default: the caller's; an admin may name one below)")
 
 
 class BodyLimit:
@@ -427,7 +429,7 @@ class ClientApi:
             deployment = await self.db.get_deployment(name)
             if not under(deployment["quota"], who.quota):  # answered exactly as an unknown name
                 raise HTTPException(404, f"no deployment named '{name}'")
-            return await start_flow(StartFlow(bundle=deployment["digest"], args=body.args, name=name), who)
+            return await start_flow(StartFlow(bundle=deployment["digest"], args=body.args, name=name, quota=body.quota), who)
 
         app.include_router(hooks_router(self))
         app.include_router(schedules_router(self))

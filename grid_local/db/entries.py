@@ -129,6 +129,10 @@ class Entries:
                 result = rules.injected_failure(entry.kind)
         if result is None:  # a request outside the flow's authority fails here, touching nothing
             result = await refusal(self.engine, flow, entry.kind, entry.args)
+        if result is None and entry.kind == "open":  # the subtree's open resources at a node's limit
+            over = await self.flows.quotas.open_refusal(flow["quota"])
+            if over is not None:
+                result = jr.err(over.message)
         if result is None:
             deadline = rules.deadline(entry.kind, entry.args, now)
         await self.engine.execute(

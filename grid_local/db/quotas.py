@@ -8,7 +8,10 @@ this module reads and writes what they need. A limit on a node holds for its who
 - ``running`` is applied by the claim: a flow whose ancestry is at its limit stays ``pending``;
 - ``journal_entries`` and ``journal_bytes`` are stamped on each flow when it starts (its
   ``journal_cap``/``bytes_cap``) and refused by the journal append;
-- ``eval_budget`` caps what a bundle's ``[limits]`` may ask for (handed to the worker with the claim).
+- ``eval_budget`` caps what a bundle's ``[limits]`` may ask for (handed to the worker with the claim);
+- ``resources`` bounds the open resources of the subtree: an ``open`` that would pass it is answered
+  with the refusal in its append's transaction (``open_refusal``), so two opens cannot both take
+  the last one.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ from grid_local.errors import QuotaError
 LIVE = "('pending', 'running', 'waiting')"
 HARD = ("live", "rate", "bundle_bytes")
 NODE_FIELDS = (*qt.LIMITS, "share", "open")
+OPEN_RESOURCES = (
+    # A resource is open from its `open` request (answered or still with the connector) until its flow
+    # ends (the resources connector closes it then); a refused or failed open holds nothing.
+    "FROM journal j JOIN flows f ON f.id = j.flow_id WHERE j.kind = 'open' AND f.status IN " + LIVE +
+    " AND (j.result IS NULL OR j.result LIKE '{\"ok\":true%')"
+)
 RUNNING_NOW = (
     # Running flows, without those parked on an open `wait` for their children: a parent waiting on
     # its children does not do work, and counting it would let a fan-out under a limit starve itself.
@@ -148,6 +157,18 @@ class Quotas:
                                      retry_after=max(frees - now, 1.0))
         return self._caps(nodes, quota)
 
+    async def open_refusal(self, quota: str) -> qt.Refusal | None:
+        """The nearest node of ``quota``'s ancestry whose ``resources`` limit one more open would pass
+        (inside the append's transaction)."""
+        chain = qt.ancestry(quota)
+        limited = [(p, n["resources"]) for p, n in (await self.nodes(chain)).items() if n["resources"] is not None]
+        for node, allowed in sorted(limited, key=lambda item: -len(item[0])):
+            used = (await self.engine.the(f"SELECT COUNT(*) AS n {OPEN_RESOURCES} AND {qt.subtree_sql('f.quota')}",
+                                          *qt.subtree_params(node)))["n"]
+            if used >= allowed:
+                return qt.Refusal(node, "resources", used, allowed)
+        return None
+
     # -- the claim order ------------------------------------------------------------------------
 
     async def pick(self, limit: int) -> list[str]:
@@ -190,7 +211,8 @@ class Quotas:
 
     async def tree(self, root: str) -> list[dict[str, Any]]:
         """Every node at or below ``root`` with its limits and its usage rolled up its subtree
-        (running, pending, waiting, started in the last minute), parents before children."""
+        (running, pending, waiting, started in the last minute, the bytes of the journals it holds, its
+        open resources), parents before children."""
         params = qt.subtree_params(root)
         rows = await self.engine.all(f"SELECT * FROM quota_nodes WHERE {qt.subtree_sql('path')}", *params)
         nodes = {r["path"]: node_json(r) for r in rows}
@@ -204,8 +226,13 @@ class Quotas:
             for node in qt.ancestry(quota):  # flows older than the tree: their nodes are implied
                 if qt.under(node, root) and node not in nodes:
                     nodes[node] = {"path": node, "limits": {}, "share": 1, "open": True, "implied": True}
+        bytes_rows = await self.engine.all(
+            f"SELECT quota, SUM(journal_bytes) AS n FROM flows WHERE {qt.subtree_sql()} GROUP BY quota", *params)
+        open_rows = await self.engine.all(
+            f"SELECT f.quota, COUNT(*) AS n {OPEN_RESOURCES} AND {qt.subtree_sql('f.quota')} GROUP BY f.quota", *params)
         for record in nodes.values():
-            record["usage"] = {"running": 0, "pending": 0, "waiting": 0, "live": 0, "rate": 0}
+            record["usage"] = {"running": 0, "pending": 0, "waiting": 0, "live": 0, "rate": 0,
+                               "journal_bytes": 0, "resources": 0}
 
         def add(quota: str, key: str, n: int) -> None:
             for path in qt.ancestry(quota):
@@ -217,6 +244,10 @@ class Quotas:
             add(r["quota"], "live", r["n"])
         for r in recent_rows:
             add(r["quota"], "rate", r["n"])
+        for r in bytes_rows:
+            add(r["quota"], "journal_bytes", int(r["n"] or 0))
+        for r in open_rows:
+            add(r["quota"], "resources", r["n"])
         return [nodes[p] for p in sorted(nodes, key=lambda p: p.split("/")[1:] if p != "/" else [])
                 if qt.under(p, root)]
 

@@ -268,4 +268,26 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (quota, name)
     ) WITHOUT ROWID;
     """,
+    # 9: a limit on the open resources (workspaces, containers) of a node's subtree; every journal's
+    # size is counted (not only those with a byte cap), so each node reports the journal bytes it holds
+    """
+    ALTER TABLE quota_nodes ADD COLUMN resources INTEGER CHECK (resources >= 0);
+    DROP TRIGGER journal_bytes_requested;
+    DROP TRIGGER journal_bytes_answered;
+    CREATE TRIGGER journal_bytes_requested AFTER INSERT ON journal
+    BEGIN
+        UPDATE flows SET journal_bytes = journal_bytes + length(CAST(NEW.args AS BLOB))
+                                      + COALESCE(length(CAST(NEW.result AS BLOB)), 0)
+        WHERE id = NEW.flow_id;
+    END;
+    CREATE TRIGGER journal_bytes_answered AFTER UPDATE OF result ON journal
+    WHEN OLD.result IS NULL AND NEW.result IS NOT NULL
+    BEGIN
+        UPDATE flows SET journal_bytes = journal_bytes + length(CAST(NEW.result AS BLOB)) WHERE id = NEW.flow_id;
+    END;
+    UPDATE flows SET journal_bytes = COALESCE((SELECT SUM(length(CAST(args AS BLOB))
+                                                          + COALESCE(length(CAST(result AS BLOB)), 0))
+                                               FROM journal WHERE journal.flow_id = flows.id), 0)
+    WHERE bytes_cap IS NULL;
+    """,
 ]

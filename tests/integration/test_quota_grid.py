@@ -212,25 +212,47 @@ def test_a_child_over_a_hard_limit_fails_its_run_and_starts_nothing(grid: Grid, 
 
 
 CHATTY = """
-if __name__ == "__flow__":
+def _chatty_impl(fctx):
     for i in range(20):
         print("line", i)
+
+chatty = flow(implementation = _chatty_impl)
+
+if __name__ == "__flow__":
+    if fctx().args.child:
+        chatty()
+    else:
+        for i in range(20):
+            print("line", i)
 """
 
 
+@pytest.mark.parametrize("level", [0, 1, 2])
 @pytest.mark.parametrize("limit", [{"journal_entries": 5}, {"journal_bytes": 300}])
-def test_a_journal_at_its_limit_fails_the_flow_naming_node_and_limit(grid: Grid, levels: list[str], limit: dict[str, int]) -> None:
-    grid.client.quota_set(levels[0], limit)
+def test_a_journal_at_its_limit_fails_the_flow_naming_node_and_limit(grid: Grid, levels: list[str], limit: dict[str, int],
+                                                                     level: int) -> None:
+    grid.client.quota_set(levels[level], limit)
     digest = upload(grid, "chatty.flow", CHATTY)
-    flow = grid.wait(grid.client.start_flow(digest, {}, quota=levels[-1])["id"])
-    assert flow["status"] == "failed"
     words = "5 journal entries per flow" if "journal_entries" in limit else "300 journal bytes per flow"
-    assert flow["error"]["message"] == f"the journal reached the limit of quota {levels[0]}: {words}"
-    journal = grid.client.get_flow(flow["id"])["journal"]
+    message = f"the journal reached the limit of quota {levels[level]}: {words}"
+    root = grid.wait(grid.client.start_flow(digest, {"child": False}, quota=levels[-1])["id"])
+    assert root["status"] == "failed" and root["error"]["message"] == message
+    journal = grid.client.get_flow(root["id"])["journal"]
     if "journal_entries" in limit:
         assert len(journal) == 5
     else:
-        assert sum(len(str(e["args"])) for e in journal) < 300 + 40
+        assert 0 < sum(len(json.dumps(e["args"])) for e in journal) <= 300
+    # a child's journal holds the same limit: the child fails with it, and so does its parent
+    parent = grid.wait(grid.client.start_flow(digest, {"child": True}, quota=levels[-1])["id"])
+    assert parent["status"] == "failed" and message in parent["error"]["message"]
+    (child,) = [f for f in grid.client.list_flows(root=parent["id"]) if f["parent"] == parent["id"]]
+    assert grid.client.get_flow(child["id"])["error"]["message"] == message
+
+
+def test_without_a_journal_limit_the_same_flows_complete(grid: Grid, levels: list[str]) -> None:
+    digest = upload(grid, "chatty.flow", CHATTY)
+    for child in (False, True):
+        assert grid.wait(grid.client.start_flow(digest, {"child": child}, quota=levels[-1])["id"])["status"] == "completed"
 
 
 WAITER = """
@@ -301,23 +323,28 @@ def _latency(grid: Grid, digest: str, quota: str) -> float:
     return time.monotonic() - started
 
 
-def test_a_flooded_sibling_does_not_delay_the_next_flow(grid: Grid, levels: list[str]) -> None:
-    """/tN allows 4 running flows; /tN/ci floods it with 150 (each holds its slot 0.2 s). A /tN/web
-    flow takes the next free slot instead of queueing behind the flood: first in, first out would
-    make it wait for the flows queued ahead of it (seconds); the fair order, for one slot (at most
-    0.2 s)."""
-    grid.client.quota_set(levels[0], {"running": 4})
+def test_a_flooded_subtree_does_not_delay_its_siblings_at_any_level(grid: Grid, levels: list[str]) -> None:
+    """/tN allows 4 running flows; 150 flows (each holding its slot 0.2 s) flood six nodes below
+    /tN/acme/ci. A /tN/acme/web flow and a /tN/other flow each take the next free slot instead of
+    queueing behind the flood: first in, first out would make them wait for the flows queued ahead
+    (seconds), and fairness among the leaves alone would too (six flooded leaves, one at 0 running
+    at any time, each with older flows than theirs); fair at every level, for one slot (0.2 s)."""
+    top = levels[0]
+    grid.client.quota_set(top, {"running": 4})
     quick = upload(grid, "quick.flow", "fctx().actions.now()\n")
     busy = upload(grid, "busy.flow", SLEEPER)
-    idle = statistics.median(_latency(grid, quick, f"{levels[0]}/web") for _ in range(3))
-    flood = [grid.client.start_flow(busy, {"seconds": 0.2}, quota=f"{levels[0]}/ci")["id"] for _ in range(150)]
-    queued = grid.client.quota_show(f"{levels[0]}/ci")["usage"]["pending"]
+    idle = statistics.median(_latency(grid, quick, f"{top}/acme/web") for _ in range(3))
+    flood = [grid.client.start_flow(busy, {"seconds": 0.2}, quota=f"{top}/acme/ci/{i % 6}")["id"] for i in range(150)]
+    queued = grid.client.quota_show(f"{top}/acme/ci")["usage"]["pending"]
     assert queued > 60, "the flood never queued: the test proves nothing"
-    assert wait_until(lambda: grid.client.why(flood[-1])["reason"] == f"waiting for quota {levels[0]}: 4 of 4 running flows")
-    flooded = _latency(grid, quick, f"{levels[0]}/web")  # one flow, while the flood is queued
-    print(f"idle {idle:.3f} s, flooded {flooded:.3f} s with {queued} queued in the sibling")
-    assert flooded < max(5 * idle, 1.5)
-    grid.client.cancel_subtree(levels[0])
+    assert wait_until(lambda: grid.client.why(flood[-1])["reason"] == f"waiting for quota {top}: 4 of 4 running flows")
+    web = _latency(grid, quick, f"{top}/acme/web")  # one flow each, while the flood is queued
+    other = _latency(grid, quick, f"{top}/other")
+    still = grid.client.quota_show(f"{top}/acme/ci")["usage"]["pending"]
+    print(f"idle {idle:.3f} s; flooded: /acme/web {web:.3f} s, /other {other:.3f} s; {queued} queued, {still} after")
+    assert still > 20, "the flood drained before the measurements: the test proves nothing"
+    assert web < max(5 * idle, 1.5) and other < max(5 * idle, 1.5)
+    grid.client.cancel_subtree(top)
 
 
 def test_a_flow_queued_behind_full_workers_waits_for_a_slot(grid: Grid, levels: list[str]) -> None:
@@ -334,23 +361,102 @@ def test_a_flow_queued_behind_full_workers_waits_for_a_slot(grid: Grid, levels: 
 
 
 SPIN = """
-if __name__ == "__flow__":
+def _spin_impl(fctx):
     n = 0
     for i in range(2000000000):
         n += i
+
+spin = flow(implementation = _spin_impl)
+
+if __name__ == "__flow__":
+    if fctx().args.child:
+        spin()
+    else:
+        _spin_impl(fctx())
 """
 
 
-def test_an_eval_budget_cap_bounds_what_a_bundle_asks_for(grid: Grid, levels: list[str]) -> None:
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_an_eval_budget_cap_bounds_what_a_bundle_asks_for(grid: Grid, levels: list[str], level: int) -> None:
     (grid.project / "flowmetal.toml").write_text('[project]\nname = "it"\n\n[limits]\neval_budget = 30\n')
     try:
         digest = upload(grid, "spin.flow", SPIN)
     finally:
         (grid.project / "flowmetal.toml").write_text('[project]\nname = "it"\n')
-    grid.client.quota_set(levels[1], {"eval_budget": 0.5})
-    flow = grid.wait(grid.client.start_flow(digest, {}, quota=levels[-1])["id"], timeout=25)
-    assert flow["status"] == "failed"
-    assert "evaluation budget exceeded: more than 0.5 s" in flow["error"]["message"]
+    grid.client.quota_set(levels[level], {"eval_budget": 0.5})
+    for child in (False, True):
+        started = time.monotonic()
+        flow = grid.wait(grid.client.start_flow(digest, {"child": child}, quota=levels[-1])["id"], timeout=25)
+        assert flow["status"] == "failed"
+        assert "evaluation budget exceeded: more than 0.5 s" in flow["error"]["message"]
+        assert time.monotonic() - started < 20, "the bundle's own 30 s budget held, not the quota's cap"
+
+
+HOLDER = """
+load("pkg.flowmetal.io/workspace/v1", "workspace")
+
+def _hold_impl(fctx):
+    fctx.actions.receive(inbox = "go")
+
+hold = flow(implementation = _hold_impl, resources = {"ws": lambda fctx: workspace()})
+
+def _holders_impl(fctx):
+    a = fctx.actions
+    for r in a.wait([a.run(hold)]):
+        if not r.ok:
+            print(r.error)
+
+holders = flow(implementation = _holders_impl)
+
+if __name__ == "__flow__":
+    if fctx().args.nested:
+        holders()
+    else:
+        hold()
+"""
+
+
+def journal_bytes(db: Path, quotas: list[str]) -> int:
+    """What the journals of the flows in ``quotas`` hold, counted from the journal itself."""
+    marks = ",".join("?" * len(quotas))
+    with sqlite3.connect(db) as connection:
+        return connection.execute(
+            "SELECT COALESCE(SUM(length(CAST(j.args AS BLOB)) + COALESCE(length(CAST(j.result AS BLOB)), 0)), 0) "
+            f"FROM journal j JOIN flows f ON f.id = j.flow_id WHERE f.quota IN ({marks})", quotas).fetchone()[0]
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_open_resources_are_limited_at_each_level_and_reported(grid: Grid, levels: list[str], level: int) -> None:
+    node = levels[level]
+    grid.client.quota_set(node, {"resources": 2})
+    digest = upload(grid, "holder.flow", HOLDER)
+    holding = [grid.client.start_flow(digest, {"nested": False}, quota=levels[-1])["id"] for _ in range(2)]
+
+    def usage() -> list[dict[str, Any]]:
+        return [n["usage"] for n in grid.client.quota_tree(levels[0])["nodes"]]
+
+    # usage: two open workspaces, at the leaf and rolled up to every ancestor
+    wait_until(lambda: all(u["resources"] == 2 for u in usage()))
+    message = f"cannot open resource 'ws': quota {node}: 2 of 2 open resources (workspaces, containers)"
+    refused = grid.wait(grid.client.start_flow(digest, {"nested": False}, quota=levels[-1])["id"])
+    assert refused["status"] == "failed" and message in refused["error"]["message"]
+    nested = grid.wait(grid.client.start_flow(digest, {"nested": True}, quota=levels[-1])["id"])
+    (said,) = grid.logs(nested["id"])
+    assert nested["status"] == "completed" and said.endswith(f" failed: {message}")
+    assert [u["resources"] for u in usage()] == [2, 2, 2], "a refused open holds nothing"
+
+    # journal bytes: every journal of the subtree, counted by the Flow DB as entries are written
+    tree = grid.client.quota_tree(levels[0])["nodes"]
+    assert tree[0]["usage"]["journal_bytes"] == journal_bytes(grid.paths.db, levels) > 0
+    assert tree[2]["usage"]["journal_bytes"] == journal_bytes(grid.paths.db, levels[2:])
+    shown = grid.cli("quota", "show", levels[1]).stdout
+    assert ", 2 open resources, journals " in shown
+
+    grid.client.cancel_subtree(levels[0])  # their flows end: the workspaces close and room comes back
+    wait_until(lambda: usage()[0]["resources"] == 0)
+    again = grid.client.start_flow(digest, {"nested": False}, quota=levels[-1])["id"]
+    wait_until(lambda: usage()[0]["resources"] == 1)
+    grid.client.cancel(again)
 
 
 def test_the_quota_commands(grid: Grid, levels: list[str]) -> None:
@@ -376,3 +482,19 @@ def test_the_quota_commands(grid: Grid, levels: list[str]) -> None:
     assert done.returncode == 0 and done.stdout.startswith("cancelled 2 flow(s): ")
     for flow_id in ids:
         assert grid.wait(flow_id)["status"] == "cancelled"
+
+
+def test_run_and_start_in_a_node_of_ones_authority(grid: Grid, levels: list[str]) -> None:
+    script = grid.write("quick.flow", "fctx().actions.now()\n")
+    done = grid.cli("run", "--quota", levels[1], "--detach", str(script))
+    assert done.returncode == 0, done.stderr
+    assert grid.wait(done.stdout.strip())["quota"] == levels[1]
+    assert grid.cli("push", "--name", f"quick-{levels[0].rsplit('/', 1)[1]}", str(script)).returncode == 0
+    done = grid.cli("start", "--quota", levels[2], "--detach", f"quick-{levels[0].rsplit('/', 1)[1]}")
+    assert done.returncode == 0, done.stderr
+    assert grid.wait(done.stdout.strip())["quota"] == levels[2]
+    before = len(grid.client.list_flows(quota=levels[0]))
+    refused = grid.cli("run", "--quota", "/elsewhere", "--detach", str(script))  # outside /local/<user>
+    assert refused.returncode == 4 and f"may not start flows in /elsewhere" in refused.stderr
+    assert grid.cli("run", "--quota", "/a b", "--detach", str(script)).returncode == 2
+    assert len(grid.client.list_flows(quota=levels[0])) == before

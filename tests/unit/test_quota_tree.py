@@ -37,6 +37,24 @@ def test_a_flooded_node_does_not_delay_its_siblings_next_flow() -> None:
     assert picked == ["/a#0", "/b#0", "/a#1", "/b#1"]
 
 
+def test_fairness_holds_at_every_level_of_the_tree() -> None:
+    """Ten flooded nodes below /acme/ci weigh as one sibling of /acme/web, and /acme as one of /other:
+    served leaf by leaf (first in, first out among equals), the flood would take the first slots."""
+    flood = [f for i in range(10) for f in queued(f"/acme/ci/{i}", 100)]
+    late = [qt.Queued("web", "/acme/web", 5000.0), qt.Queued("other", "/other", 5001.0)]
+    picked = qt.fair_pick(flood + late, running={}, running_limits={}, shares={}, limit=3)
+    assert picked == ["/acme/ci/0#0", "other", "web"]
+    # with the flood running, the next slot goes to whichever sibling runs least, at each level
+    busy = {f"/acme/ci/{i}": 4 for i in range(10)}
+    assert qt.fair_pick(flood + late, busy, {}, {}, limit=2) == ["other", "web"]
+    # an interior node's share weighs its whole subtree
+    picked = qt.fair_pick(flood + queued("/other", 100, start=0.5), {}, {}, {"/acme": 3}, limit=8)
+    assert sum(p.startswith("/acme/") for p in picked) == 6
+    # flows queued in a node itself compete with its children
+    picked = qt.fair_pick(queued("/acme", 5) + queued("/acme/ci", 5, start=0.5), {}, {}, {}, limit=4)
+    assert sorted(picked) == ["/acme#0", "/acme#1", "/acme/ci#0", "/acme/ci#1"]
+
+
 def test_shares_weight_the_order() -> None:
     picked = qt.fair_pick(queued("/a", 6) + queued("/b", 6), {}, {}, {"/a": 2}, limit=6)
     assert sum(p.startswith("/a") for p in picked) == 4
