@@ -27,6 +27,9 @@ def local_grid_url(autostart: bool) -> str:
             state = _wait_for_grid(paths, timeout=30.0)
             if state is None:
                 raise GridUnreachable(f"could not start the local grid: {exc}") from None
+    if not state.get("url"):
+        raise GridUnreachable(f"the local grid for {paths.home} runs no Client API (it was started with --only "
+                              f"{','.join(state.get('components') or [])}): use a context for the grid's Client API")
     return str(state["url"])
 
 

@@ -65,6 +65,8 @@ COMMAND_MODULES = [
     "quota",
     "secret",
     "grid",
+    "worker",
+    "connector",
     "context",
     "tui",
 ]

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from grid_local.api.wire import WireClient, WireError
-from grid_local.api.worker_auth import TOKEN_ENV, new_token
+from grid_local.api.worker_auth import TOKEN_ENV, auth_headers, new_token
 from grid_local.db.startup import prepare_flow_db
 from grid_local.home import GridPaths, die_with_parent, is_supervisor_of, pid_alive, process_identity
+from grid_local.layout import Layout, read_token_file
 from grid_local.worker.settings import WorkerSettings
 
 RESTART_BACKOFF_MAX = 5.0
@@ -97,26 +98,46 @@ class Child:
         }
 
 
+API_ROLES = ("worker-api", "client-api")
+
+
 class Supervisor:
     def __init__(self, paths: GridPaths, workers: int, host: str, client_port: int, tokens: Path | None,
-                 worker_settings: WorkerSettings | None = None, clock: str = "real") -> None:
+                 worker_settings: WorkerSettings | None = None, clock: str = "real",
+                 layout: Layout | None = None) -> None:
         self.paths = paths
         self.clock = clock  # the time flows see: real, or virtual (grid_local/db/clock.py)
-        self.workers = workers
+        self.layout = layout or Layout()
+        self.workers = workers if self.layout.has("workers") else 0
         self.worker_settings = worker_settings or WorkerSettings()
         self.host = host
         self.fixed_client_port = bool(client_port)
         self.client_port = client_port or free_port(host if host != "0.0.0.0" else "127.0.0.1")
-        self.worker_port = free_port()
         self.tokens = tokens
         self.children: list[Child] = []
         self.stopping = False
         self._client_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
         self.client_url = f"http://{self._client_host}:{self.client_port}"
-        self.worker_url = f"http://127.0.0.1:{self.worker_port}"
+        self.pick_worker_ports()
         self._lock_file: IO[str] | None = None
         self._identity: dict[str, Any] | None = None
-        self.api = WireClient(self.worker_url, timeout=5.0, patience=5.0)
+
+    def pick_worker_ports(self) -> None:
+        """The Worker API replicas' ports: from --worker-listen (consecutive), or free ones."""
+        layout = self.layout
+        if layout.worker_port:
+            self.worker_ports = [layout.worker_port + i for i in range(layout.worker_apis)]
+        else:
+            bind = layout.connect_host if layout.worker_host in ("0.0.0.0", "::", "") else layout.worker_host
+            self.worker_ports = [free_port(bind) for _ in range(layout.worker_apis)]
+        self.worker_urls = [f"http://{layout.connect_host}:{port}" for port in self.worker_ports]
+        # The supervisor's own calls (reporting a child gone) go to every replica: each keeps its
+        # own list of incarnations it must never hand a flow again.
+        self.apis = [WireClient(url, timeout=5.0, patience=5.0) for url in self.worker_urls]
+
+    @property
+    def worker_url(self) -> str:
+        return self.worker_urls[0]
 
     def log(self, message: str) -> None:
         print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor: {message}", file=sys.stderr, flush=True)
@@ -143,30 +164,50 @@ class Supervisor:
         return True
 
     def plan(self) -> None:
+        """The children this grid starts: its APIs first (``api_children``), then workers and connectors."""
         python = sys.executable
         home = str(self.paths.home)
-        client_poke, worker_poke = free_port(kind=socket.SOCK_DGRAM), free_port(kind=socket.SOCK_DGRAM)
-        client = [python, "-m", "grid_local.api.serve", "client", "--home", home, "--host", self.host,
-                  "--port", str(self.client_port), "--notify-port", str(client_poke),
-                  "--peer-notify-port", str(worker_poke)]
-        if self.tokens:
-            client += ["--tokens", str(self.tokens)]
-        self.children = [
-            Child("worker-api", "worker-api",
-                  [python, "-m", "grid_local.api.serve", "worker", "--home", home, "--port", str(self.worker_port),
-                   "--notify-port", str(worker_poke), "--peer-notify-port", str(client_poke)]),
-            Child("client-api", "client-api", client),
-        ]
+        layout = self.layout
+        replicas = len(self.worker_ports) if layout.has("worker-api") else 0
+        client_poke = free_port(kind=socket.SOCK_DGRAM) if layout.has("client-api") else None
+        worker_pokes = [free_port(kind=socket.SOCK_DGRAM) for _ in range(replicas)]
+        every_poke = [port for port in (client_poke, *worker_pokes) if port]
+
+        def peers(own: int) -> list[str]:  # each API pokes every other one after its commits
+            return [arg for port in every_poke if port != own for arg in ("--peer-notify-port", str(port))]
+
+        self.children = []
+        for number, (port, poke) in enumerate(zip(self.worker_ports, worker_pokes), start=1):
+            name = "worker-api" if replicas == 1 else f"worker-api-{number}"
+            self.children.append(Child("worker-api", name, [
+                python, "-m", "grid_local.api.serve", "worker", "--home", home, "--host", layout.worker_host,
+                "--port", str(port), "--notify-port", str(poke), *peers(poke)]))
+        if client_poke:
+            client = [python, "-m", "grid_local.api.serve", "client", "--home", home, "--host", self.host,
+                      "--port", str(self.client_port), "--notify-port", str(client_poke), *peers(client_poke)]
+            if self.tokens:
+                client += ["--tokens", str(self.tokens)]
+            self.children.append(Child("client-api", "client-api", client))
+        urls = ",".join(self.worker_urls)
         for number in range(1, self.workers + 1):
             self.children.append(Child("worker", f"worker-{number}",
-                                       [python, "-m", "grid_local.worker.main", "--api", self.worker_url,
+                                       [python, "-m", "grid_local.worker.main", "--api", urls,
                                         "--name", f"worker-{number}", *self.worker_settings.argv()],
                                        # glibc's per-thread arenas would reserve address space by the GiB
                                        env={"MALLOC_ARENA_MAX": "2"}))
-        for role in ("clock", "http", "inbox", "resources"):
-            self.children.append(Child(f"connector:{role}", role,
-                                       [python, "-m", f"grid_local.connectors.{role}", "--api", self.worker_url,
-                                        "--name", role, "--home", home]))
+        if layout.has("connectors"):
+            for role in ("clock", "http", "inbox", "resources"):
+                self.children.append(Child(f"connector:{role}", role,
+                                           [python, "-m", f"grid_local.connectors.{role}", "--api", urls,
+                                            "--name", role, "--home", home]))
+
+    @property
+    def api_children(self) -> list[Child]:
+        return [child for child in self.children if child.role in API_ROLES]
+
+    @property
+    def other_children(self) -> list[Child]:
+        return [child for child in self.children if child.role not in API_ROLES]
 
     def spawn(self, child: Child) -> None:
         self.paths.logs.mkdir(parents=True, exist_ok=True)
@@ -200,7 +241,10 @@ class Supervisor:
     def publish(self, status: str) -> None:
         self.paths.write_state({
             "status": status, "pid": os.getpid(), "identity": self._identity,
-            "url": self.client_url, "worker_url": self.worker_url,
+            "url": self.client_url if self.layout.has("client-api") else None,
+            "worker_url": self.worker_url if self.layout.has("worker-api") else None,
+            "worker_urls": self.worker_urls if self.layout.has("worker-api") else [],
+            "components": sorted(self.layout.components),
             "db": str(self.paths.db), "home": str(self.paths.home), "auth": bool(self.tokens), "clock": self.clock,
             "processes": [
                 {"role": "supervisor", "name": "supervisor", "pid": os.getpid(), "id": "supervisor",
@@ -213,16 +257,21 @@ class Supervisor:
         self._started = time.time()
         self._identity = process_identity(os.getpid())
         self.prepare_db()
-        self.worker_token = new_token(self.paths.home)  # the Worker API's credential for this grid's life
+        kept = read_token_file(self.layout.worker_token_file) if self.layout.worker_token_file else None
+        # The Worker API's credential for this grid's life (or the one kept across its starts).
+        self.worker_token = new_token(self.paths.home, kept)
         os.environ[TOKEN_ENV] = self.worker_token  # for its children, and its own Worker API client
+        for client in self.apis:
+            client.auth = {}  # made before the credential: they read it again on their next call
         for attempt in range(1, attempts + 1):
             self.plan()
-            apis = self.children[:2]
+            apis = self.api_children
             for child in apis:
                 self.spawn(child)
             try:
-                self.wait_healthy(self.worker_url, apis[0])
-                self.wait_healthy(self.client_url, apis[1])
+                for child in apis:
+                    url = self.client_url if child.role == "client-api" else self.worker_urls[apis.index(child)]
+                    self.wait_healthy(url, child)
                 break
             except RuntimeError as exc:
                 # A free port picked here can be taken by another process before the API binds it.
@@ -235,17 +284,21 @@ class Supervisor:
                 # Other ports help unless the port that failed is the one the user asked for.
                 if attempt == attempts or (self.fixed_client_port and str(exc).startswith("client-api ")):
                     raise
+                if self.layout.worker_port and str(exc).startswith("worker-api"):
+                    raise
                 self.log(f"{exc}; retrying with other ports")
-                self.worker_port = free_port()
-                self.worker_url = f"http://127.0.0.1:{self.worker_port}"
-                self.api = WireClient(self.worker_url, timeout=5.0, patience=5.0)
+                if not self.layout.worker_port:
+                    self.pick_worker_ports()
                 if not self.fixed_client_port:
                     self.client_port = free_port()
                     self.client_url = f"http://{self._client_host}:{self.client_port}"
-        for child in self.children[2:]:
+        for child in self.other_children:
             self.spawn(child)
         self.publish("ready")
-        self.log(f"grid up: client API {self.client_url}, worker API {self.worker_url}, db {self.paths.db}")
+        parts = [f"client API {self.client_url}" if self.layout.has("client-api") else "",
+                 f"worker API {', '.join(self.worker_urls)}" if self.layout.has("worker-api") else "",
+                 f"{self.workers} workers", "connectors" if self.layout.has("connectors") else "no connectors"]
+        self.log(f"grid up: {', '.join(part for part in parts if part)}, db {self.paths.db}")
 
     def prepare_db(self) -> None:
         """Check the Flow DB before any process uses it, and clear what the previous grid left held.
@@ -267,10 +320,11 @@ class Supervisor:
             kind = "workers" if child.role == "worker" else "connectors" if child.role.startswith("connector:") else None
             if kind is None:
                 continue
-            try:
-                self.api.post(f"/v1/{kind}/{child.ident}/gone", {"died": died} if died and kind == "workers" else {})
-            except WireError as exc:
-                self.log(f"could not report {child.ident} gone: {exc}")
+            for api in self.apis:
+                try:
+                    api.post(f"/v1/{kind}/{child.ident}/gone", {"died": died} if died and kind == "workers" else {})
+                except WireError as exc:
+                    self.log(f"could not report {child.ident} gone to {api.url}: {exc}")
 
     def on_exit(self, child: Child, code: int) -> None:
         """A child died: tell the Worker API, then schedule the restart with backoff."""
@@ -306,11 +360,12 @@ class Supervisor:
     def shutdown(self) -> None:
         self.stopping = True
         # Workers and connectors first, the APIs last.
-        for group in (self.children[2:], self.children[:2]):
+        apis = self.api_children
+        for group in (self.other_children, apis):
             for child in group:
                 if child.process and child.process.poll() is None:
                     child.process.terminate()
-            if group is not self.children[:2]:
+            if group is not apis:
                 self._report_gone(group)
             deadline = time.monotonic() + 5.0
             for child in group:
@@ -378,6 +433,34 @@ def running_state(paths: GridPaths) -> dict[str, Any] | None:
     return state if is_supervisor_of(paths, state) else None
 
 
+def workers_elsewhere(state: dict[str, Any], timeout: float = 1.0) -> list[dict[str, Any]]:
+    """The workers the grid's Worker API replicas heard from lately that this supervisor did not
+    start (``flowmetal worker`` processes, on this machine or others), as process records.
+
+    Each replica knows the workers that call it; they are merged, the latest call winning. A
+    replica that does not answer is skipped (its workers are listed by the others they fail over to)."""
+    started = {p.get("id") for p in state.get("processes", [])}
+    found: dict[str, dict[str, Any]] = {}
+    for url in state.get("worker_urls") or []:
+        client = WireClient(url, timeout=timeout, patience=0)
+        client.auth = auth_headers(Path(state["home"])) if state.get("home") else client.auth
+        try:
+            answer = client.get("/v1/workers")
+        except WireError:
+            continue
+        finally:
+            client.close()
+        for known in answer.get("workers", []):
+            if known["id"] in started or known["seen"] <= found.get(known["id"], {}).get("seen", 0):
+                continue
+            found[known["id"]] = {
+                "role": "worker", "name": known["id"].rsplit(".", 1)[0], "pid": None, "id": known["id"],
+                "started": known.get("since"), "restarts": 0, "remote": True, "address": known.get("address"),
+                "seen": known["seen"], "worker_api": url,
+            }
+    return sorted(found.values(), key=lambda p: str(p["id"]))
+
+
 def remove_stale_state(paths: GridPaths) -> None:
     """Remove a grid.json no supervisor stands behind (under the lock, so never a live grid's)."""
     if not paths.state.exists():
@@ -395,11 +478,14 @@ def remove_stale_state(paths: GridPaths) -> None:
 def start_background(
     paths: GridPaths, workers: int | None = None, listen: str | None = None, tokens: Path | None = None,
     timeout: float = 30.0, worker_settings: WorkerSettings | None = None, clock: str = "real",
+    layout: Layout | None = None,
 ) -> dict[str, Any]:
     """Start a supervisor detached from this process and wait until its grid is ready."""
     argv = [sys.executable, "-m", "grid_local.supervisor", "--home", str(paths.home)]
     if worker_settings is not None:
         argv += worker_settings.argv()
+    if layout is not None:
+        argv += layout.argv()
     if workers is not None:
         argv += ["--workers", str(workers)]
     if listen:
@@ -457,14 +543,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="flowmetal-supervisor")
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    Layout.add_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--tokens", type=Path, default=None)
     parser.add_argument("--clock", choices=["real", "virtual"], default="real")
     WorkerSettings.add_arguments(parser)
     options = parser.parse_args(argv)
+    try:
+        layout = Layout.from_options(options)
+    except ValueError as exc:
+        parser.exit(2, f"error: {exc}\n")
     supervisor = Supervisor(GridPaths(options.home), options.workers, options.host, options.port, options.tokens,
-                            WorkerSettings.from_options(options), options.clock)
+                            WorkerSettings.from_options(options), options.clock, layout)
     if not supervisor.acquire_lock():
         print(f"error: a grid is already running for {options.home}", file=sys.stderr)
         sys.exit(2)

@@ -660,6 +660,10 @@ class FlowmetalApp(App[None]):
             self.notify("the supervisor can't be killed from here (workers, connectors and the APIs can)",
                         severity="warning")
             return
+        if target.get("pid") is None:  # a `flowmetal worker` elsewhere: no process of this grid's machine
+            self.notify(f"{target.get('name')} runs elsewhere ({target.get('address') or 'another machine'}): "
+                        "stop it there", severity="warning")
+            return
         pid, label = int(target["pid"]), model.process_label(target)
 
         def confirmed(yes: bool | None) -> None:

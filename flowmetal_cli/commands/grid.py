@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from flowmetal_cli import console
 from flowmetal_cli.client import GridClient, GridUnreachable
+from grid_local.api.worker_auth import TOKEN_FILE
 from grid_local.home import GridPaths, pid_alive
+from grid_local.layout import COMPONENTS, Layout, LayoutError, parse_listen, parse_only, read_token_file
 from grid_local.supervisor import main as supervisor_main
-from grid_local.supervisor import running_state, start_background, stop_background
+from grid_local.supervisor import running_state, start_background, stop_background, workers_elsewhere
 from grid_local.worker.settings import WorkerSettings
 
 _DEFAULTS = WorkerSettings()
@@ -33,6 +35,11 @@ def up(
     max_callstack: Annotated[int, typer.Option("--max-callstack", min=1, max=1000000, help="Deepest call stack a bundle's [limits] max_callstack may ask for.")] = _DEFAULTS.max_callstack,
     max_suspend_after: Annotated[float, typer.Option("--max-suspend-after", min=0.001, help="Most seconds a bundle's [limits] suspend_after may keep a waiting flow in memory.")] = _DEFAULTS.max_suspend_after,
     clock: Annotated[str, typer.Option("--clock", help="real, or virtual: time stands still while anything can progress, then jumps to the next deadline (for testing long-running flows).")] = "real",
+    no_workers: Annotated[bool, typer.Option("--no-workers", help="Start no workers here: they run elsewhere (flowmetal worker --url ...).")] = False,
+    only: Annotated[str | None, typer.Option("--only", help="Start only these, comma-separated: client-api, worker-api, connectors, workers (api: both APIs).")] = None,
+    worker_apis: Annotated[int, typer.Option("--worker-apis", min=1, max=16, help="Worker API replicas over the one Flow DB (each on its own port; grid.json lists them all).")] = 1,
+    worker_listen: Annotated[str | None, typer.Option("--worker-listen", help="Serve the Worker API on HOST:PORT, for workers and connectors on other machines (replica i on PORT+i).")] = None,
+    worker_token_file: Annotated[Path | None, typer.Option("--worker-token-file", help="Keep this Worker API credential across grid starts (workers elsewhere hold a copy) instead of a new one each start.", exists=True, dir_okay=False)] = None,
 ) -> None:
     """Start the local grid (APIs, workers, connectors) under $FLOWMETAL_HOME.
 
@@ -47,6 +54,10 @@ def up(
       flowmetal grid up --slots 16 --worker-memory 1024 --max-eval-budget 30
 
       flowmetal grid up --clock virtual
+
+      flowmetal grid up --no-workers --worker-apis 2 --worker-listen 0.0.0.0:8471 --worker-token-file wt.token
+
+      flowmetal grid up --only api --listen 0.0.0.0:8470 --tokens tokens.toml
     """
     paths = GridPaths.current()
     if clock not in ("real", "virtual"):
@@ -55,6 +66,17 @@ def up(
         console.fail(f"--listen takes HOST:PORT, not '{listen}'", console.EXIT_USAGE)
     if listen and not tokens and not listen.startswith("127."):
         console.fail("a grid listening beyond loopback needs --tokens", console.EXIT_USAGE)
+    try:
+        components = parse_only(only) if only else frozenset(COMPONENTS)
+        if no_workers:
+            components -= {"workers"}
+        worker_host, worker_port = parse_listen(worker_listen, "--worker-listen") if worker_listen else ("127.0.0.1", 0)
+        layout = Layout(components=components, worker_apis=worker_apis, worker_host=worker_host,
+                        worker_port=worker_port, worker_token_file=worker_token_file)
+        if worker_token_file:
+            read_token_file(worker_token_file)
+    except LayoutError as exc:
+        console.fail(str(exc), console.EXIT_USAGE)
     settings = WorkerSettings(slots=slots, max_waiting=max_waiting, memory_mib=worker_memory,
                               max_eval_budget=max_eval_budget, max_callstack=max_callstack,
                               max_suspend_after=max_suspend_after)
@@ -63,7 +85,7 @@ def up(
         typer.echo(f"a grid is already running at {state['url']} (home {paths.home})")
         return
     if foreground:
-        argv = ["--home", str(paths.home), "--workers", str(workers), *settings.argv()]
+        argv = ["--home", str(paths.home), "--workers", str(workers), *settings.argv(), *layout.argv()]
         if listen:
             host, _, port = listen.rpartition(":")
             argv += ["--host", host, "--port", port]
@@ -73,11 +95,25 @@ def up(
         return
     try:
         state = start_background(paths, workers=workers, listen=listen, tokens=tokens, worker_settings=settings,
-                                 clock=clock)
+                                 clock=clock, layout=layout)
     except RuntimeError as exc:
         console.fail(str(exc), console.EXIT_UNREACHABLE)
+    typer.echo(describe_up(state, paths, layout, workers if layout.has("workers") else 0, clock))
+
+
+def describe_up(state: dict[str, Any], paths: GridPaths, layout: Layout, workers: int, clock: str) -> str:
+    """`grid up`'s line; and where workers on other machines connect, for a grid that expects them."""
     virtual = ", virtual clock" if clock == "virtual" else ""
-    typer.echo(f"grid up at {state['url']} (home {paths.home}, {workers} workers{virtual})")
+    where = f"grid up at {state['url']}" if state.get("url") else "grid up (no Client API here)"
+    line = f"{where} (home {paths.home}, {workers} workers{virtual})"
+    expects_others = not layout.has("workers") or layout.worker_port or layout.worker_apis > 1
+    if state.get("worker_urls") and expects_others:
+        urls = ",".join(state["worker_urls"])
+        if layout.worker_host in ("0.0.0.0", "::", ""):  # (reached from elsewhere at this machine's address)
+            urls = ",".join(url.replace(layout.connect_host, "HOST", 1) for url in state["worker_urls"])
+            urls += f" (on every address of this machine, {layout.worker_host})"
+        line += f"\nworker API {urls}, credential in {paths.home / TOKEN_FILE}"
+    return line
 
 
 @grid_app.command("down")
@@ -118,23 +154,30 @@ def status(json_output: Annotated[bool, typer.Option("--json", help="Machine-rea
             typer.echo(f"no grid is running for {paths.home}")
         raise typer.Exit(console.EXIT_UNREACHABLE)
     processes = [dict(p, alive=pid_alive(p.get("pid"))) for p in state["processes"]]
+    processes += [dict(p, alive=True) for p in workers_elsewhere(state)]
     healthy = True
-    try:
-        with GridClient(state["url"]) as client:
-            client.health()
-    except GridUnreachable:
-        healthy = False
-    except Exception:
-        healthy = True  # a token-protected grid answers 401, which still means it is up
-    report = {"running": True, "url": state["url"], "worker_url": state["worker_url"], "db": state["db"],
+    if state.get("url"):
+        try:
+            with GridClient(state["url"]) as client:
+                client.health()
+        except GridUnreachable:
+            healthy = False
+        except Exception:
+            healthy = True  # a token-protected grid answers 401, which still means it is up
+    report = {"running": True, "url": state["url"], "worker_url": state["worker_url"],
+              "worker_urls": state.get("worker_urls", [state["worker_url"]]), "db": state["db"],
               "home": state["home"], "healthy": healthy, "clock": state.get("clock", "real"), "processes": processes}
     if json_output:
         console.print_json(report)
         return
     clock = ", virtual clock" if report["clock"] == "virtual" else ""
-    typer.echo(f"grid at {state['url']} ({'healthy' if healthy else 'NOT answering'}{clock}), db {state['db']}")
+    where = f"grid at {state['url']}" if state.get("url") else "grid without a Client API here"
+    typer.echo(f"{where} ({'healthy' if healthy else 'NOT answering'}{clock}), db {state['db']}")
     for p in processes:
         mark = "up" if p["alive"] else "DOWN"
+        if p.get("remote"):  # a worker this supervisor did not start: where it calls from
+            typer.echo(f"  {p['role']:<16} {p['name']:<12} at {p.get('address')!s:<9} up    (elsewhere)")
+            continue
         typer.echo(f"  {p['role']:<16} {p['name']:<12} pid {p['pid']!s:<8} {mark:<5} restarts {p.get('restarts', 0)}")
 
 

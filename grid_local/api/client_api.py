@@ -45,6 +45,7 @@ from grid_local.home import GridPaths, parent_pid, pid_alive
 from grid_local.quota_tree import NODE_PATTERN
 from grid_local.records import DeploymentRecord, EventPage, EventRecord, FlowDetail, FlowRecord
 from grid_local.runtime.journal import check_json
+from grid_local.supervisor import workers_elsewhere
 
 MAX_JSON_BODY = 1024 * 1024
 BUSY_SECONDS = 10.0
@@ -145,7 +146,7 @@ class BodyLimit:
 
 class ClientApi:
     def __init__(self, paths: GridPaths, tokens: dict[str, Identity] | None = None,
-                 notify_port: int | None = None, peer_port: int | None = None) -> None:
+                 notify_port: int | None = None, peer_port: int | list[int] | None = None) -> None:
         self.paths = paths
         self.tokens = tokens
         self.notifier = Notifier()
@@ -374,10 +375,11 @@ class ClientApi:
             state = self.paths.read_state() or {}
             holdings = await self.db.holdings(who.quota if self.tokens is not None else "/")
             found: list[Process] = []
-            for known in state.get("processes", []):
+            elsewhere = await asyncio.to_thread(workers_elsewhere, state) if state else []
+            for known in [*state.get("processes", []), *elsewhere]:
                 process = Process(**known)
                 held = holdings.get(process.get("id") or "", {"flows": [], "requests": []})
-                process["alive"] = pid_alive(process.get("pid"))
+                process["alive"] = bool(process.get("remote")) or pid_alive(process.get("pid"))
                 process["flows"] = len(held["flows"])
                 process["held_flows"] = held["flows"]
                 process["requests"] = held["requests"]
@@ -453,5 +455,5 @@ async def _kill_self() -> None:
 
 
 def create_app(paths: GridPaths, tokens_file: Path | None = None, notify_port: int | None = None,
-               peer_port: int | None = None) -> FastAPI:
+               peer_port: int | list[int] | None = None) -> FastAPI:
     return ClientApi(paths, load_tokens(tokens_file), notify_port, peer_port).app()

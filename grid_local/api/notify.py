@@ -108,15 +108,17 @@ class PeerPoke:
     """Cross-process wake-ups without polling: a UDP datagram on loopback after each commit, listing
     the topics the commit touched, so that only the waiters concerned wake up.
 
-    The APIs poke each other (the Client API's commits wake the Worker API's claimers; the Worker
-    API's wake the Client API's event streams). A lost datagram only costs latency: the
-    ``data_version`` watcher still runs, more slowly, as the safety net.
+    The APIs poke each other (the Client API's commits wake the Worker API replicas' claimers; a
+    Worker API's wake the Client API's event streams and the other replicas' long polls). A lost
+    datagram only costs latency: the ``data_version`` watcher still runs, more slowly, as the
+    safety net.
     """
 
-    def __init__(self, notifier: Notifier, listen_port: int | None, peer_port: int | None) -> None:
+    def __init__(self, notifier: Notifier, listen_port: int | None, peer_ports: int | list[int] | None) -> None:
         self.notifier = notifier
         self.listen_port = listen_port
-        self.peer = ("127.0.0.1", peer_port) if peer_port else None
+        ports = [peer_ports] if isinstance(peer_ports, int) else peer_ports or []
+        self.peers = [("127.0.0.1", port) for port in ports if port]
         self.transport: asyncio.DatagramTransport | None = None
 
     async def start(self) -> None:
@@ -130,12 +132,13 @@ class PeerPoke:
         self.transport = transport  # type: ignore[assignment]
 
     def poke(self, notes: set[tuple[Any, ...]]) -> None:
-        """Tell the peer what this commit changed (the topics its waiters subscribe to)."""
-        if self.transport is not None and self.peer is not None:
+        """Tell the peers what this commit changed (the topics their waiters subscribe to)."""
+        if self.transport is not None and self.peers:
             payload = json.dumps(sorted(list(note) for note in notes)).encode()
             if len(payload) > 60000:  # too many to list in one datagram: wake everything
                 payload = b"!"
-            self.transport.sendto(payload, self.peer)
+            for peer in self.peers:
+                self.transport.sendto(payload, peer)
 
     def close(self) -> None:
         if self.transport is not None:

@@ -55,6 +55,10 @@ class Process(TypedDict, total=False):
     flows: int
     held_flows: list[str]
     requests: list[Held]
+    remote: bool
+    """A worker this grid's supervisor did not start (``flowmetal worker``), known to its Worker API."""
+    address: str | None
+    """Where such a worker calls the Worker API from."""
 
 
 Process.__pydantic_config__ = {"extra": "allow"}  # type: ignore[attr-defined]  # the supervisor's fields

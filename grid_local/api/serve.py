@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from grid_local.api.worker_auth import TOKEN_ENV, TOKEN_FILE
 from grid_local.home import GridPaths
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tokens", type=Path, default=None)
     parser.add_argument("--notify-port", type=int, default=None, help="UDP port this API is poked on")
-    parser.add_argument("--peer-notify-port", type=int, default=None, help="UDP port to poke after commits")
+    parser.add_argument("--peer-notify-port", type=int, action="append", default=[],
+                        help="UDP port to poke after commits (once per peer API)")
     options = parser.parse_args(argv)
     paths = GridPaths(options.home)
     app: Any
@@ -29,6 +39,11 @@ def main(argv: list[str] | None = None) -> None:
         app = create_app(paths, options.tokens, options.notify_port, options.peer_notify_port)
     else:
         from grid_local.api.worker_api import create_app as create_worker_app
+        from grid_local.api.worker_auth import worker_token
+
+        if not worker_token(paths.home) and not is_loopback(options.host):
+            parser.exit(2, f"error: a Worker API on {options.host} (beyond loopback) needs the grid's credential "
+                           f"({TOKEN_ENV} or {TOKEN_FILE} in {paths.home})\n")
 
         app = create_worker_app(paths.db, options.notify_port, options.peer_notify_port)
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning", access_log=False,

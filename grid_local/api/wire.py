@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
+import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
@@ -72,62 +74,146 @@ def until_answered(call: Callable[[], T], who: str = "") -> T:
         return answer
 
 
+EXIT_REFUSED = 4
+"""How a worker or connector exits when the Worker API refuses its credential (as the CLI's 4)."""
+
+
+def exit_if_refused(exc: WireError, who: str) -> None:
+    """A 401 is final for the whole process: its token is not this grid's (a grid restarted
+    with a new one, or the wrong file). Say so in one line and exit; whatever it held moves on
+    when its leases expire, and nothing it did after the refusal was written."""
+    if exc.status == 401:
+        print(f"error: {who}: the Worker API refused this process's credential (401): the token is not this grid's",
+              file=sys.stderr, flush=True)
+        os._exit(EXIT_REFUSED)
+
+
 UNAVAILABLE = (503, 507)
 RETRY_PAUSE_MAX = 2.0
 
 
+def split_urls(urls: str | Sequence[str]) -> list[str]:
+    """A Worker API URL list as given on a command line (``URL[,URL2,...]``) or as a list."""
+    given = urls.split(",") if isinstance(urls, str) else list(urls)
+    return [url.strip().rstrip("/") for url in given if url.strip()]
+
+
+def target(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a Worker API URL (http, or https behind a TLS-terminating proxy)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme or "http"
+    return scheme, parts.hostname or "127.0.0.1", parts.port or (443 if scheme == "https" else 80)
+
+
+STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
 class WireClient:
-    def __init__(self, base_url: str, timeout: float = 60.0, patience: float = 600.0) -> None:
-        parts = urlsplit(base_url)
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
+    """Calls one Worker API among several replicas (``base_url``: one URL, a comma-separated list,
+    or a sequence), with one keep-alive connection per thread.
+
+    A replica that cannot be reached (refused, reset, timed out) is left for the next one in the
+    list within the same call, and later calls stay on the one that answered. Every call the
+    Worker API answers is safe to send again to any replica over the same Flow DB: appends are
+    conditional on the lease, epoch and sequence number, and one retried after a lost answer gets
+    the recorded answer back (CONTRIBUTING.md, invariant 2)."""
+
+    def __init__(self, base_url: str | Sequence[str], timeout: float = 60.0, patience: float = 600.0,
+                 who: str = "") -> None:
+        self.urls = split_urls(base_url) or ["http://127.0.0.1"]
+        self.targets = [target(url) for url in self.urls]
         self.timeout = timeout
         self.patience = patience
+        self.who = who
+        self._index = 0
+        self._index_lock = threading.Lock()
+        self._answered = True
         self._local = threading.local()
         self.auth = auth_headers()
 
+    @property
+    def url(self) -> str:
+        """The replica this client calls now."""
+        return self.urls[self._index]
+
     def _connection(self) -> http.client.HTTPConnection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        index = self._index
+        current = getattr(self._local, "connection", None)
+        if current is not None and current[0] != index:  # another thread failed over: follow it
+            self._drop()
+            current = None
+        if current is None:
+            scheme, host, port = self.targets[index]
+            connection = (http.client.HTTPSConnection(host, port, timeout=self.timeout,
+                                                      context=ssl.create_default_context())
+                          if scheme == "https" else http.client.HTTPConnection(host, port, timeout=self.timeout))
             connection.connect()
             connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._local.connection = connection
-        return connection
+            current = (index, connection)
+            self._local.connection = current
+        return current[1]
 
     def _drop(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
+        current = getattr(self._local, "connection", None)
+        if current is not None:
+            current[1].close()
         self._local.connection = None
 
+    def _fail_over(self, failed: int, error: BaseException) -> None:
+        """Leave the replica at ``failed`` for the next one (once, whichever thread sees it first)."""
+        if len(self.urls) < 2:
+            return
+        with self._index_lock:
+            if self._index != failed:
+                return
+            self._index = (failed + 1) % len(self.urls)
+            answered, self._answered = self._answered, False
+        if answered:  # (while none answers, until_answered says so once)
+            print(f"{self.who or 'wire'}: the Worker API at {self.urls[failed]} is unreachable ({error}); "
+                  f"going on through {self.urls[self._index]}", file=sys.stderr, flush=True)
+
+    def _exchange(self, method: str, path: str, payload: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+        """One request and its raw answer, from the first replica that answers (each tried once; a
+        stale keep-alive connection is reopened once)."""
+        failures = 0
+        reopened = False
+        while True:
+            index = self._index
+            try:
+                connection = self._connection()
+                connection.request(method, path, body=payload, headers=headers)
+                response = connection.getresponse()
+                answer = response.status, response.read()
+                self._answered = True
+                return answer
+            except STALE as exc:
+                self._drop()
+                if not reopened:  # the server closed an idle keep-alive connection: reconnect once
+                    reopened = True
+                    continue
+                error: BaseException = exc
+            except (OSError, http.client.HTTPException) as exc:  # (socket.timeout is an OSError)
+                self._drop()
+                error = exc
+            failures += 1
+            self._fail_over(index, error)
+            if failures >= len(self.urls):
+                raise WireError(f"{method} {path}: {error}") from None
+
     def request(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> tuple[int, Any]:
-        """Send one request; returns (status, decoded JSON body). Retries once on a stale keep-alive."""
+        """Send one request; returns (status, decoded JSON body)."""
         if params:
             path = f"{path}?{urlencode(params)}"
         payload = None if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         if not self.auth:  # a client made before its process was given the grid's credential
             self.auth = auth_headers()
         headers = {**self.auth, "Content-Type": "application/json"} if payload is not None else dict(self.auth)
-        for attempt in (1, 2):
-            try:
-                connection = self._connection()
-                connection.request(method, path, body=payload, headers=headers)
-                response = connection.getresponse()
-                raw = response.read()
-                break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self._drop()
-                if attempt == 2:
-                    raise WireError(f"{method} {path}: {exc}") from None
-            except (OSError, http.client.HTTPException, socket.timeout) as exc:
-                self._drop()
-                raise WireError(f"{method} {path}: {exc}") from None
+        status, raw = self._exchange(method, path, payload, headers)
         try:
             data = json.loads(raw) if raw else None
         except ValueError:
             data = {"message": raw[:200].decode("utf-8", "replace")}
-        return response.status, data
+        return status, data
 
     def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
         """Like request(), but any status >= 400 raises WireError with the API's message (after
@@ -151,18 +237,11 @@ class WireClient:
         return self.call("GET", path, None, params)
 
     def get_bytes(self, path: str) -> bytes:
-        try:
-            connection = self._connection()
-            if not self.auth:
-                self.auth = auth_headers()
-            connection.request("GET", path, headers=self.auth)
-            response = connection.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self._drop()
-            raise WireError(f"GET {path}: {exc}") from None
-        if response.status >= 400:
-            raise WireError(f"GET {path}: {response.status}", response.status)
+        if not self.auth:
+            self.auth = auth_headers()
+        status, raw = self._exchange("GET", path, None, dict(self.auth))
+        if status >= 400:
+            raise WireError(f"GET {path}: {status}", status)
         return raw
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import sqlite3
 import sys
+import time
 import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,6 +35,8 @@ from grid_local.runtime.journal import ALL_KINDS, CONNECTOR_KINDS, MAX_VALUE_BYT
 # A journal value (MAX_VALUE_BYTES) and the request around it.
 MAX_BODY = MAX_VALUE_BYTES + 1024 * 1024
 MAX_WAIT = 30.0
+SEEN_SECONDS = 10.0
+"""A worker that has not called for this long is no longer listed (they heartbeat every 2 s)."""
 
 
 class BadRequest(FlowmetalError):
@@ -107,7 +110,7 @@ def handle_errors(handler: Any) -> Any:
 
 
 class WorkerApi:
-    def __init__(self, db_path: Path, notify_port: int | None = None, peer_port: int | None = None) -> None:
+    def __init__(self, db_path: Path, notify_port: int | None = None, peer_port: int | list[int] | None = None) -> None:
         self.db_path = db_path
         self.notifier = Notifier()
         self.poke = PeerPoke(self.notifier, notify_port, peer_port)
@@ -117,6 +120,8 @@ class WorkerApi:
         # Incarnations reported dead. A long-poll claim of a dead worker may still be parked here
         # (the server does not see the connection drop); it must never be handed a flow.
         self.gone: set[str] = set()
+        self.seen: dict[str, dict[str, Any]] = {}
+        """The workers that called this replica lately (wherever they run), for ``GET /v1/workers``."""
 
     @property
     def db(self) -> FlowStore:
@@ -153,11 +158,26 @@ class WorkerApi:
 
     # -- workers ------------------------------------------------------------------------------
 
+    def saw(self, worker: str, request: Request, slots: Any = None) -> None:
+        known = self.seen.setdefault(worker, {"id": worker, "since": time.time()})
+        known["seen"] = time.time()
+        known["address"] = request.client.host if request.client else None
+        if isinstance(slots, int) and not isinstance(slots, bool):
+            known["slots"] = slots
+
+    async def workers(self, request: Request) -> Response:
+        """The workers that called this replica within the last SEEN_SECONDS, and are not gone."""
+        cutoff = time.time() - SEEN_SECONDS
+        for worker in [w for w, known in self.seen.items() if known["seen"] < cutoff or w in self.gone]:
+            del self.seen[worker]
+        return JSONResponse({"workers": list(self.seen.values())})
+
     async def claim(self, request: Request) -> Response:
         data = await read_json(request)
         worker = field(data, "worker", str)
         limit = field(data, "limit", int, 1)
         wait = min(float(field(data, "wait", (int, float), 10.0)), MAX_WAIT)
+        self.saw(worker, request)
 
         async def check() -> list[WorkerTask]:
             if worker in self.gone or await request.is_disconnected():
@@ -231,6 +251,7 @@ class WorkerApi:
         flows = field(data, "flows", list, [])
         if request.path_params["worker"] in self.gone:
             raise LeaseLostError("this worker was declared gone")
+        self.saw(request.path_params["worker"], request, data.get("slots"))
         stop = await self.db.heartbeat(request.path_params["worker"], [str(f) for f in flows])
         return JSONResponse({"stop": stop})
 
@@ -354,6 +375,7 @@ class WorkerApi:
     def app(self) -> Starlette:
         routes = [
             Route("/v1/health", self.health),
+            Route("/v1/workers", handle_errors(self.workers)),
             Route("/v1/workers/claim", handle_errors(self.claim), methods=["POST"]),
             Route("/v1/workers/{worker}/heartbeat", handle_errors(self.heartbeat), methods=["POST"]),
             Route("/v1/workers/{worker}/gone", handle_errors(self.worker_gone), methods=["POST"]),
@@ -382,5 +404,5 @@ class WorkerApi:
         return app
 
 
-def create_app(db_path: Path, notify_port: int | None = None, peer_port: int | None = None) -> Starlette:
+def create_app(db_path: Path, notify_port: int | None = None, peer_port: int | list[int] | None = None) -> Starlette:
     return WorkerApi(db_path, notify_port, peer_port).app()

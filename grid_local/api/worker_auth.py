@@ -2,7 +2,9 @@
 its workers and connectors in their environment, and never to flows (exec strips it).
 
 Every Worker API request but ``/v1/health`` needs ``Authorization: Bearer <token>``. The token is
-also in ``worker-api.token`` (mode 0600) in the grid's home, for a worker started by hand.
+also in ``worker-api.token`` (mode 0600) in the grid's home, for a worker started by hand; a
+worker on another machine is given a copy (``flowmetal worker --token-file``), and a grid whose
+workers run elsewhere keeps one across its starts (``grid up --worker-token-file``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ TOKEN_ENV = "FLOWMETAL_WORKER_TOKEN"
 TOKEN_FILE = "worker-api.token"
 
 
-def new_token(home: Path) -> str:
-    """A fresh credential for a starting grid, written to the home's token file."""
-    token = secrets.token_urlsafe(32)
+def new_token(home: Path, given: str | None = None) -> str:
+    """The credential of a starting grid (a fresh one, or ``given``: one kept across grid starts
+    for workers on other machines), written to the home's token file."""
+    token = given or secrets.token_urlsafe(32)
     path = home / TOKEN_FILE
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -8,6 +8,7 @@ that a claim whose answer was lost with the API hands its requests back (unperfo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from grid_local.api.wire import WireClient, WireError, until_answered
+from grid_local.api.wire import WireClient, WireError, exit_if_refused, until_answered
 from grid_local.errors import ArgumentError
 from grid_local.runtime import journal as jr
 from grid_local.secret_refs import mask, substitute
@@ -24,17 +25,35 @@ from grid_local.secret_refs import mask, substitute
 
 def connector_args(role: str, argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"flowmetal-{role}", description=f"The Flowmetal {role} connector.")
-    parser.add_argument("--api", required=True, help="Worker API base URL")
+    parser.add_argument("--api", required=True, help="Worker API base URL, or several: URL,URL2,... (replicas)")
     parser.add_argument("--name", default=role)
     parser.add_argument("--home", default=None, help="The grid's FLOWMETAL_HOME (for connectors keeping files)")
     options = parser.parse_args(argv)
     options.executor = f"{options.name}.{os.getpid()}"
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+
+    def leave(*_: Any) -> None:
+        """Stopped: hand back what it holds now (its requests declared interrupted) rather than at
+        lease expiry; a fresh client, since the signal may land in the middle of a call."""
+        with contextlib.suppress(WireError):
+            WireClient(options.api, timeout=2.0, patience=0).post(f"/v1/connectors/{options.executor}/gone")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, leave)
     return options
 
 
-def api_client(url: str) -> WireClient:
-    return WireClient(url)
+def api_client(url: str, who: str = "") -> WireClient:
+    """The connector's Worker API client; a refused credential ends the process (exit 4)."""
+    return WireClient(url, who=who)
+
+
+def check_in(api: WireClient, who: str) -> None:
+    """The first call, before serving: retried while no Worker API answers; a 401 exits at once."""
+    try:
+        until_answered(lambda: api.get("/v1/workers"), who)
+    except WireError as exc:
+        exit_if_refused(exc, who)
+        raise
 
 
 def record(client: WireClient, flow_id: str, seq: int, result: dict[str, Any], executor: str | None,
@@ -84,6 +103,7 @@ def serve_requests(
             claimed = api.post(f"/v1/connectors/requests/{','.join(kinds)}/claim",
                                {"executor": executor, "limit": concurrency, "wait": 10, "holding": held})
         except WireError as exc:
+            exit_if_refused(exc, executor)
             if exc.status == 409:  # declared gone: make way for a new incarnation
                 os._exit(3)
             time.sleep(0.2)

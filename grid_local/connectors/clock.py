@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from grid_local.api.wire import WireClient, WireError
-from grid_local.connectors.base import api_client, connector_args
+from grid_local.api.wire import WireClient, WireError, exit_if_refused
+from grid_local.connectors.base import api_client, check_in, connector_args
 
 CRASH_ENV = "FLOWMETAL_TEST_CRASH_AT_FIRE"
 """Crash tests: ``before:MARKER`` or ``after:MARKER`` SIGKILLs this process right before (after) its
@@ -44,7 +44,8 @@ def fire_schedule(api: WireClient, schedule: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     options = connector_args("clock", argv)
-    api = api_client(options.api)
+    api = api_client(options.api, options.executor)
+    check_in(api, options.executor)
     version = -1
     deadlines: list[dict[str, Any]] = []
     schedules: list[dict[str, Any]] = []
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                     wait = max(min(min(upcoming) - now, 10.0), 0.0)
                 data = api.get("/v1/connectors/clock/deadlines",
                                {"version": -1 if fired else version, "wait": f"{wait:.3f}"})
-        except WireError:
+        except WireError as exc:
+            exit_if_refused(exc, options.executor)
             time.sleep(0.2)
             continue
         version, deadlines, schedules = data["version"], data["deadlines"], data.get("schedules", [])

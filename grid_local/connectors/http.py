@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from grid_local.connectors.base import api_client, connector_args, serve_requests
+from grid_local.api.wire import split_urls
+from grid_local.connectors.base import api_client, check_in, connector_args, serve_requests
 from grid_local.home import GridPaths
 from grid_local.runtime import journal as jr
 
@@ -42,15 +43,15 @@ class OwnApis:
     """The grid's own endpoints (its Worker API and Client API ports on any address of this machine),
     refused for every request and every redirect hop (an httpx request hook)."""
 
-    def __init__(self, worker_url: str, home: Path | None) -> None:
-        self.worker_port = httpx.URL(worker_url).port
+    def __init__(self, worker_urls: str, home: Path | None) -> None:
+        self.worker_ports = {port for port in (httpx.URL(url).port for url in split_urls(worker_urls)) if port}
         self.paths = GridPaths(home) if home else None
 
     def ports(self) -> set[int]:
-        ports = {self.worker_port} if self.worker_port else set()
+        ports = set(self.worker_ports)
         state = self.paths.read_state() if self.paths else None
-        for key in ("url", "worker_url"):
-            port = httpx.URL(str((state or {}).get(key) or "http://x")).port
+        for url in [(state or {}).get("url"), *((state or {}).get("worker_urls") or [])]:
+            port = httpx.URL(str(url or "http://x")).port
             if port:
                 ports.add(port)
         return ports
@@ -113,7 +114,9 @@ def main(argv: list[str] | None = None) -> None:
         crash_point("after")
         return result
 
-    serve_requests(api_client(options.api), ("http",), options.executor, run, concurrency=16)
+    api = api_client(options.api, options.executor)
+    check_in(api, options.executor)
+    serve_requests(api, ("http",), options.executor, run, concurrency=16)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import time
 
-from grid_local.api.wire import WireError
-from grid_local.connectors.base import api_client, connector_args
+from grid_local.api.wire import WireError, exit_if_refused
+from grid_local.connectors.base import api_client, check_in, connector_args
 
 
 def main(argv: list[str] | None = None) -> None:
     options = connector_args("inbox", argv)
-    api = api_client(options.api)
+    api = api_client(options.api, options.executor)
+    check_in(api, options.executor)
     while True:
         try:
             api.post("/v1/connectors/inbox/deliver", params={"wait": "10"})
-        except WireError:
+        except WireError as exc:
+            exit_if_refused(exc, options.executor)
             time.sleep(0.2)
 
 

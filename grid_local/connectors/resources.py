@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from grid_local.api.worker_auth import TOKEN_ENV
-from grid_local.connectors.base import api_client, connector_args, serve_requests
+from grid_local.connectors.base import api_client, check_in, connector_args, serve_requests
 from grid_local.connectors.containers import Containers, EngineUnavailable, grid_label
 from grid_local.connectors.exec_marks import MARK_ENV, kill_group, kill_marked, mark
 from grid_local.home import die_with_parent
@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     if left:
         print(f"resources: killed {left} process(es) that execs of a previous incarnation left running", flush=True)
     containers = Containers(Path(options.home), workspaces.root)
-    api = api_client(options.api)
+    api = api_client(options.api, options.executor)
+    check_in(api, options.executor)
 
     def log(flow_id: str, stream: str, lines: list[str]) -> None:
         api.post("/v1/connectors/log", {"flow_id": flow_id, "stream": stream, "lines": lines})

@@ -13,6 +13,7 @@ a value over a limit, the evaluator crashing): the flow ends ``failed`` with an 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
@@ -21,7 +22,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from grid_local.api.wire import WireClient, WireError, until_answered
+from grid_local.api.wire import WireClient, WireError, exit_if_refused, until_answered
 from grid_local.bundle_format import read_bundle
 from grid_local.errors import BundleError, LeaseLostError
 from grid_local.records import WorkerTask
@@ -56,10 +57,10 @@ LOST = ("FlowCancelled", "LeaseLostError")  # outcomes the grid already knows: n
 
 
 class Worker:
-    def __init__(self, api_url: str, worker_id: str, settings: WorkerSettings | None = None) -> None:
+    def __init__(self, api_urls: str | list[str], worker_id: str, settings: WorkerSettings | None = None) -> None:
         self.worker_id = worker_id
         self.settings = settings or WorkerSettings()
-        self.client = WireClient(api_url)
+        self.client = WireClient(api_urls, who=f"worker {worker_id}")
         self.slots = Slots(self.settings.slots, self.settings.max_waiting)
         crash = os.environ.get(CRASH_ENV)
         self.port = WorkerApiPort(self.client, worker_id, self.slots, int(crash) if crash else None, take=self._start)
@@ -72,6 +73,17 @@ class Worker:
         self._bundles: dict[str, tuple[MappingSource, Limits]] = {}
         self._stopping = threading.Event()
 
+    def check_in(self) -> None:
+        """The first call to the grid, before serving: retried while no Worker API answers, and a
+        refused credential ends the process at once (one line, exit 4)."""
+        try:
+            until_answered(lambda: self.client.post(f"/v1/workers/{self.worker_id}/heartbeat",
+                                                    {"flows": [], "slots": self.settings.slots}),
+                           f"worker {self.worker_id}")
+        except WireError as exc:
+            exit_if_refused(exc, f"worker {self.worker_id}")
+            raise
+
     def serve(self) -> None:
         threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat").start()
         while not self._stopping.is_set():
@@ -82,6 +94,7 @@ class Worker:
             try:
                 claimed = self.client.post("/v1/workers/claim", {"worker": self.worker_id, "limit": free, "wait": 10})
             except WireError as exc:
+                exit_if_refused(exc, f"worker {self.worker_id}")
                 if exc.status == 409:  # the grid declared this incarnation gone: make way for a new one
                     os._exit(3)
                 self._stopping.wait(0.2)
@@ -104,8 +117,10 @@ class Worker:
             with self._lock:
                 held = list(self.held)
             try:
-                stop = self.client.post(f"/v1/workers/{self.worker_id}/heartbeat", {"flows": held}).get("stop", [])
-            except WireError:
+                stop = self.client.post(f"/v1/workers/{self.worker_id}/heartbeat",
+                                        {"flows": held, "slots": self.settings.slots}).get("stop", [])
+            except WireError as exc:
+                exit_if_refused(exc, f"worker {self.worker_id}")
                 continue
             with self._lock:
                 for flow_id in stop:
@@ -183,12 +198,21 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="flowmetal-worker", description="A Flowmetal worker process.")
-    parser.add_argument("--api", required=True, help="Worker API base URL")
+    parser.add_argument("--api", required=True, help="Worker API base URL, or several: URL,URL2,... (replicas)")
     parser.add_argument("--name", default="worker")
     WorkerSettings.add_arguments(parser)
     options = parser.parse_args(argv)
     worker = Worker(options.api, f"{options.name}.{os.getpid()}", WorkerSettings.from_options(options))
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+
+    def leave(*_: object) -> None:
+        """Stopped: hand its flows back now (another worker replays them) rather than at lease
+        expiry; a fresh client, since the signal may land in the middle of a call."""
+        with contextlib.suppress(WireError):
+            WireClient(options.api, timeout=2.0, patience=0).post(f"/v1/workers/{worker.worker_id}/gone")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, leave)
+    worker.check_in()
     worker.serve()
 
 
