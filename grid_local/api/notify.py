@@ -1,8 +1,9 @@
 """In-process wake-ups for long polls, fed by this process's commits and by a Flow DB watcher.
 
 Commits made by this process publish the topics they touched (see FlowStore.notes). Commits made
-by other processes are only visible through SQLite's ``PRAGMA data_version``, which the watcher
-polls cheaply and turns into a wake-up of every waiter.
+by other processes reach the watcher through the engine: on SQLite only as a change of ``PRAGMA
+data_version``, which it polls cheaply and turns into a wake-up of every waiter; on PostgreSQL as a
+NOTIFY listing the topics, which it receives with LISTEN.
 """
 
 from __future__ import annotations
@@ -76,15 +77,18 @@ async def long_poll(
             await wait_for(woken, remaining)
 
 
-async def watch_other_writers(store: FlowStore, notifier: Notifier, interval: float = 0.05) -> None:
-    """Wake every waiter when another process commits to the Flow DB (the safety net under PeerPoke)."""
-    version = await store.data_version()
-    while True:
-        await asyncio.sleep(interval)
-        current = await store.data_version()
-        if current != version:
-            version = current
+async def watch_other_writers(store: FlowStore, notifier: Notifier) -> None:
+    """Wake the waiters when another process commits to the Flow DB (the safety net under PeerPoke):
+    on SQLite every waiter (``PRAGMA data_version`` tells only that something changed); on
+    PostgreSQL those of the topics the commit touched, which its NOTIFY lists (``LISTEN``), from
+    any process on any machine."""
+    def woken(notes: set[tuple[Any, ...]] | None) -> None:
+        if notes is None:
             notifier.publish_all()
+        else:
+            notifier.publish([*notes, ANY_CHANGE, ("commit",)])  # ("commit",): any change at all
+
+    await store.engine.watch_commits(woken)
 
 
 # Every poke also wakes this topic: event streams follow any change at all.

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from grid_local.db.engine import Row, SqliteEngine, loads
+from grid_local.db.engine import Row, Engine, loads
 from grid_local.db.rows import under
 from grid_local.runtime import journal as jr
 from grid_local.runtime import rules
 
 
-async def refusal(engine: SqliteEngine, flow: Row, kind: str, args: Any) -> dict[str, Any] | None:
+async def refusal(engine: Engine, flow: Row, kind: str, args: Any) -> dict[str, Any] | None:
     """The error result for a request outside the flow's authority; None when it may proceed."""
     if not isinstance(args, dict):
         return None
@@ -38,7 +38,7 @@ async def refusal(engine: SqliteEngine, flow: Row, kind: str, args: Any) -> dict
     return None
 
 
-async def _wait_refusal(engine: SqliteEngine, flow: Row, args: dict[str, Any]) -> dict[str, Any] | None:
+async def _wait_refusal(engine: Engine, flow: Row, args: dict[str, Any]) -> dict[str, Any] | None:
     tasks = args.get("tasks") or []
     ids = [t.get("flow_id") for t in tasks if isinstance(t, dict)]
     wanted = [i for i in ids if isinstance(i, str)]
@@ -54,7 +54,7 @@ async def _wait_refusal(engine: SqliteEngine, flow: Row, args: dict[str, Any]) -
     return None
 
 
-async def _send_refusal(engine: SqliteEngine, flow: Row, args: dict[str, Any]) -> dict[str, Any] | None:
+async def _send_refusal(engine: Engine, flow: Row, args: dict[str, Any]) -> dict[str, Any] | None:
     target_id = args.get("flow_id")
     target = await engine.one("SELECT quota, root FROM flows WHERE id = ?", target_id) if isinstance(target_id, str) else None
     # A flow outside the sender's authority answers exactly as one that does not exist.
@@ -63,7 +63,7 @@ async def _send_refusal(engine: SqliteEngine, flow: Row, args: dict[str, Any]) -
     return None
 
 
-async def _exec_refusal(engine: SqliteEngine, flow: Row, args: dict[str, Any]) -> dict[str, Any] | None:
+async def _exec_refusal(engine: Engine, flow: Row, args: dict[str, Any]) -> dict[str, Any] | None:
     handle = args.get("resource")
     try:
         wanted = jr.canonical_json(handle)

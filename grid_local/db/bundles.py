@@ -11,27 +11,27 @@ from __future__ import annotations
 import time
 
 from grid_local import quota_tree as qt
-from grid_local.db.engine import SqliteEngine
+from grid_local.db.engine import Engine
 from grid_local.db.rows import deployment_json, under
 from grid_local.errors import NotFoundError
 from grid_local.records import DeploymentRecord
 
 
 class Bundles:
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     async def put_bundle(self, digest: str, data: bytes, entry: str, owner: str | None = None) -> bool:
         """Store a bundle for ``owner``; False when that owner already held it (uploads are idempotent)."""
         async with self.engine.transaction():
             created = await self.engine.execute(
-                "INSERT OR IGNORE INTO bundles (digest, data, entry, size, created) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO bundles (digest, data, entry, size, created) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 digest, data, entry, len(data), time.time(),
             ) == 1
             if owner is None:
                 return created
             return await self.engine.execute(
-                "INSERT OR IGNORE INTO bundle_owners (digest, quota, created) VALUES (?, ?, ?)",
+                "INSERT INTO bundle_owners (digest, quota, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 digest, owner, time.time(),
             ) == 1
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from grid_local.db.engine import SqliteEngine
+from grid_local.db.engine import Engine
 
 MODES = ("real", "virtual")
 
@@ -23,12 +23,12 @@ _BUSY = (
 )
 _NEXT_DEADLINE = (
     "SELECT MIN(at) AS at FROM (SELECT MIN(deadline) AS at FROM journal WHERE result IS NULL AND deadline IS NOT NULL "
-    "UNION ALL SELECT MIN(next_fire) FROM schedules WHERE paused = 0)"
+    "UNION ALL SELECT MIN(next_fire) FROM schedules WHERE paused = 0) AS deadlines"
 )
 
 
 class GridClock:
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.virtual = False
 
@@ -62,6 +62,8 @@ class GridClock:
         if not self.virtual:
             return None
         async with self.engine.transaction():
+            if self.engine.dialect.lock():  # one jump at a time
+                await self.engine.one(f"SELECT now FROM grid_clock WHERE id = 1{self.engine.dialect.lock()}")
             if await self.engine.one(_BUSY) is not None:
                 return None
             following = (await self.engine.the(_NEXT_DEADLINE))["at"]

@@ -1,8 +1,10 @@
 """The Flow DB engine on SQLite: one connection, transactions, busy retries, migrations, commit notes.
 
-The queries (``bundles``, ``flows``, ``journal``, ``leases``) reach the database only through this
-class, so that they never see a driver's cursor: ``execute`` answers the number of rows changed and
-ids come back through ``RETURNING``.
+The queries (``bundles``, ``flows``, ``journal``, ``leases``) reach the database only through an
+``Engine`` (this one, or ``postgres.PostgresEngine``), so that they never see a driver's cursor:
+``execute`` answers the number of rows changed and ids come back through ``RETURNING``. They are
+written once, in SQL both engines accept, with ``?`` parameters; the few clauses that differ are
+the engine's ``dialect``.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction (or one self-committing statement) behind this
 process's write lock: one writer connection per process, WAL, a busy timeout for the other
@@ -22,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
@@ -32,7 +34,80 @@ from grid_local.errors import NotFoundError, StoreError
 BUSY_SECONDS = 30.0
 
 Note = tuple[Any, ...]
-Row = aiosqlite.Row
+T = TypeVar("T")
+
+
+class Row(Protocol):
+    """A result row as the queries use it: by column name or position (aiosqlite.Row, asyncpg.Record)."""
+
+    def __getitem__(self, key: Any) -> Any: ...
+
+    def keys(self) -> Any: ...
+
+
+class Dialect:
+    """The few clauses the engines spell differently (SQLite's; ``postgres.PG_DIALECT`` is the other).
+
+    Everything else in the queries is SQL both accept."""
+
+    name = "sqlite"
+    skip_locked = ""
+    """Appended to a claim's SELECT: rows another claimer holds are skipped, not waited for."""
+
+    def lock(self, of: str = "") -> str:
+        """Appended to a SELECT whose rows the transaction goes on to change (``of``: the table alias
+        to lock in a join): a row lock on PostgreSQL, where a transaction sees other commits between
+        its statements; nothing on SQLite, whose write transactions are serialized (BEGIN IMMEDIATE)."""
+        return ""
+
+    def claim_queue(self) -> str:
+        """The oldest runnable flows of each quota node, at most ``?`` per node, free to claim."""
+        return ("SELECT id, quota, created FROM (SELECT id, quota, created, ROW_NUMBER() OVER "
+                "(PARTITION BY quota ORDER BY created) AS pos FROM flows WHERE runnable = 1 AND lease_owner IS NULL) "
+                "AS queue WHERE pos <= ?")
+
+    def json_object(self, *pairs: str) -> str:
+        """A JSON object built from SQL expressions (key, value, key, value...), as TEXT."""
+        return f"json_object({', '.join(pairs)})"
+
+    def json_field_text(self, column: str) -> str:
+        """A top-level field of a JSON text column as TEXT; takes one ``?``: the field's name."""
+        return f"CAST(json_extract({column}, '$.' || ?) AS TEXT)"
+
+
+SQLITE_DIALECT = Dialect()
+
+
+class Engine(Protocol):
+    """What the queries need of an engine (SqliteEngine, postgres.PostgresEngine)."""
+
+    dialect: Dialect
+    target: str
+    on_commit: list[Callable[[set[Note]], None]]
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+    async def write_statement(self, sql: str, params: tuple[Any, ...], notes: set[Note]) -> list[Row]: ...
+
+    async def execute(self, sql: str, *params: Any) -> int: ...
+
+    def note(self, *topic: Any) -> None: ...
+
+    def event(self, flow_id: str, root: str, kind: str, data: dict[str, Any]) -> None: ...
+
+    async def one(self, sql: str, *params: Any) -> Row | None: ...
+
+    async def the(self, sql: str, *params: Any) -> Row: ...
+
+    async def all(self, sql: str, *params: Any) -> list[Row]: ...
+
+    async def one_committed(self, sql: str, *params: Any) -> Row | None: ...
+
+    def retried(self, call: Callable[..., Any]) -> Callable[..., Any]: ...
+
+    async def watch_commits(self, woken: Callable[[set[Note] | None], None]) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 def dumps(value: Any) -> str:
@@ -46,9 +121,12 @@ def loads(text: str | None) -> Any:
 class SqliteEngine:
     """One process's connection to the Flow DB file."""
 
+    dialect = SQLITE_DIALECT
+
     def __init__(self, db: aiosqlite.Connection, path: Path, busy_seconds: float = BUSY_SECONDS) -> None:
         self.db = db
         self.path = path
+        self.target = str(path)
         self.busy_seconds = busy_seconds
         """How long a write waits for the Flow DB's lock before it gives up (StoreError)."""
         self._write_lock = asyncio.Lock()
@@ -179,6 +257,22 @@ class SqliteEngine:
     async def data_version(self) -> int:
         """A counter that moves when another connection commits (what the notification watcher polls)."""
         return (await self.the("PRAGMA data_version"))[0]
+
+    async def watch_commits(self, woken: Callable[[set[Note] | None], None], interval: float = 0.05) -> None:
+        """Call ``woken(None)`` (which topics is unknown) whenever another process commits: SQLite
+        tells only that something changed (``PRAGMA data_version``), so it is polled cheaply."""
+        version = await self.data_version()
+        while True:
+            await asyncio.sleep(interval)
+            current = await self.data_version()
+            if current != version:
+                version = current
+                woken(None)
+
+    def retried(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        """``call`` itself: a write transaction here never conflicts with another (BEGIN IMMEDIATE
+        waits for the lock instead), so there is nothing to run again."""
+        return call
 
 
 def _statements(script: str) -> list[str]:

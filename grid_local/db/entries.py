@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from grid_local import quota_tree as qt
 from grid_local.db.authority import refusal
 from grid_local.db.clock import GridClock
-from grid_local.db.engine import Row, SqliteEngine, dumps, loads
+from grid_local.db.engine import Row, Engine, dumps, loads
 from grid_local.db.flows import Flows
 from grid_local.db.inboxes import Inboxes
 from grid_local.db.leases import Leases, check_held
@@ -51,7 +51,7 @@ def journal_over_cap(flow: Row, entry: JournalEntry) -> str | None:
 
 
 class Entries:
-    def __init__(self, engine: SqliteEngine, flows: Flows, inboxes: Inboxes, clock: GridClock, leases: Leases) -> None:
+    def __init__(self, engine: Engine, flows: Flows, inboxes: Inboxes, clock: GridClock, leases: Leases) -> None:
         self.engine = engine
         self.leases = leases
         self.clock = clock
@@ -82,7 +82,7 @@ class Entries:
                 "AND COALESCE((SELECT MAX(seq) FROM journal WHERE flow_id = f.id), 0) + 1 = ? "
                 "AND NOT EXISTS (SELECT 1 FROM injections WHERE flow_id = f.id AND used_seq IS NULL) "
                 "AND (f.journal_cap IS NULL OR ? <= f.journal_cap) "
-                "AND (f.bytes_cap IS NULL OR f.journal_bytes + ? <= f.bytes_cap) RETURNING seq",
+                f"AND (f.bytes_cap IS NULL OR f.journal_bytes + ? <= f.bytes_cap){self.engine.dialect.lock('f')} RETURNING seq",
                 (entry.seq, entry.kind, dumps(entry.args), entry.hash, entry.callsite, dumps(entry.result),
                  entry.requested_at or now, now, worker, flow_id, worker, epoch, entry.seq, entry.seq,
                  entry_bytes(entry)),
@@ -97,7 +97,7 @@ class Entries:
                 "SELECT f.*, (SELECT MAX(seq) FROM journal WHERE flow_id = f.id) AS last_seq, "
                 "i.id AS injection_id, i.action AS injection, i.seconds AS injection_seconds "
                 "FROM flows f LEFT JOIN injections i ON i.id = (SELECT id FROM injections "
-                "WHERE flow_id = f.id AND used_seq IS NULL ORDER BY id LIMIT 1) WHERE f.id = ?",
+                f"WHERE flow_id = f.id AND used_seq IS NULL ORDER BY id LIMIT 1) WHERE f.id = ?{self.engine.dialect.lock('f')}",
                 flow_id,
             ), flow_id, worker, epoch)
             expected = (flow["last_seq"] or 0) + 1
@@ -199,7 +199,7 @@ class Entries:
     async def fire_deadline(self, flow_id: str, seq: int) -> bool:
         """A timer reached its deadline: a sleep ends, a receive or wait times out."""
         async with self.engine.transaction():
-            row = await self.engine.one("SELECT * FROM journal WHERE flow_id = ? AND seq = ?", flow_id, seq)
+            row = await self.engine.one(f"SELECT * FROM journal WHERE flow_id = ? AND seq = ?{self.engine.dialect.lock()}", flow_id, seq)
             if row is None or row["result"] is not None or row["deadline"] is None:
                 return False
             now = await self.clock.now()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from grid_local.db.engine import SqliteEngine
+from grid_local.db.engine import Engine
 from grid_local.db.rows import event_json
 from grid_local.records import EventRecord
 
 
 class Events:
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     async def events_after(self, after: int, root: str | None = None, limit: int = 1000) -> list[EventRecord]:

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from grid_local import quota_tree as qt
-from grid_local.db.engine import Row, SqliteEngine, dumps, loads
+from grid_local.db.engine import Row, Engine, dumps, loads
 from grid_local.db.leases import check_held
 from grid_local.db.quotas import Quotas
 from grid_local.db.secrets import Secrets
@@ -23,7 +23,7 @@ from grid_local.runtime import rules
 
 
 class Flows:
-    def __init__(self, engine: SqliteEngine, quotas: Quotas, secrets: Secrets) -> None:
+    def __init__(self, engine: Engine, quotas: Quotas, secrets: Secrets) -> None:
         self.engine = engine
         self.quotas = quotas
         self.secrets = secrets
@@ -35,9 +35,10 @@ class Flows:
         otherwise the quota checks and the INSERT are one transaction (a refusal writes nothing)."""
         flow_id = new_id()
         now = time.time()
+        entry_sql = self.engine.dialect.json_object("'module'", "b.entry", "'function'", "NULL")
         sql = ("INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, "
                "created, updated, runnable, journal_cap, bytes_cap) SELECT ?, NULL, ?, COALESCE(?, b.entry), b.digest, "
-               "json_object('module', b.entry, 'function', NULL), ?, ?, ?, 'pending', ?, ?, 1, ?, ? "
+               f"{entry_sql}, ?, ?, ?, 'pending', ?, ?, 1, ?, ? "
                "FROM bundles b WHERE b.digest = ? RETURNING *")
         caps = await self.quotas.plan_start(quota)
         if caps is not None:
@@ -155,7 +156,8 @@ class Flows:
         if ended:
             return
         async with self.engine.transaction():
-            flow = check_held(await self.engine.one("SELECT * FROM flows WHERE id = ?", flow_id), flow_id, worker, epoch)
+            flow = check_held(await self.engine.one(f"SELECT * FROM flows WHERE id = ?{self.engine.dialect.lock()}", flow_id),
+                              flow_id, worker, epoch)
             await self.end(flow, status, result, error)
 
     async def cancel_flow(self, flow_id: str, reason: str = "cancelled") -> list[str]:
@@ -176,15 +178,18 @@ class Flows:
         """End a flow (``flow`` is its row as read in this transaction) and answer a parent waiting on it."""
         now = time.time()
         flow_id = flow["id"]
-        await self.engine.execute(
+        if not await self.engine.execute(
             "UPDATE flows SET status = ?, result = ?, error = ?, finished = ?, updated = ?, lease_owner = NULL, "
-            "lease_expires = NULL, runnable = 0 WHERE id = ?",
+            "lease_expires = NULL, runnable = 0 WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled')",
             status, dumps(result), None if error is None else dumps(error), now, now, flow_id,
-        )
+        ):
+            return  # it ended meanwhile (PostgreSQL: another transaction ended it since ``flow`` was read)
         self.engine.note("finished", flow_id)  # (the flow_finished trigger records the event)
         self.quotas.room_freed()
         if flow["parent"] is None:
             return
+        if self.engine.dialect.lock():  # siblings ending at once: each must see the others' ends (one of them answers the wait)
+            await self.engine.one(f"SELECT id FROM flows WHERE id = ?{self.engine.dialect.lock()}", flow["parent"])
         for row in await self.engine.all(
             "SELECT seq, args FROM journal WHERE flow_id = ? AND kind = 'wait' AND result IS NULL", flow["parent"]
         ):

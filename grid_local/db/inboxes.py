@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from grid_local.db.engine import Row, SqliteEngine, dumps, loads
+from grid_local.db.engine import Row, Engine, dumps, loads
 from grid_local.db.results import record_once
 from grid_local.errors import NotFoundError
 from grid_local.runtime import rules
@@ -17,7 +17,7 @@ LOG_INBOXES = ("_stdout", "_stderr")
 
 
 class Inboxes:
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     async def send_message(self, flow_id: str, inbox: str, value: Any, sender: str) -> int:
@@ -63,6 +63,8 @@ class Inboxes:
 
     async def deliver(self, flow_id: str, inbox: str) -> None:
         """Hand waiting messages to the flow's open receives on that inbox (in order, once)."""
+        if self.engine.dialect.lock():  # deliveries to one flow, one at a time (each message to one receive)
+            await self.engine.one(f"SELECT id FROM flows WHERE id = ?{self.engine.dialect.lock()}", flow_id)
         for row in await self.engine.all(
             "SELECT seq, args FROM journal WHERE flow_id = ? AND kind = 'receive' AND result IS NULL ORDER BY seq",
             flow_id,

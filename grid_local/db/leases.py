@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from grid_local import quota_tree as qt
-from grid_local.db.engine import Row, SqliteEngine, dumps, loads
+from grid_local.db.engine import Row, Engine, dumps, loads
 from grid_local.db.quotas import Quotas
 from grid_local.db.results import record_once
 from grid_local.db.rows import journal_entry, worker_task
@@ -41,7 +41,7 @@ def check_held(row: Row | None, flow_id: str, worker: str, epoch: int) -> Row:
 
 
 class Leases:
-    def __init__(self, engine: SqliteEngine, quotas: Quotas, flows: Flows) -> None:
+    def __init__(self, engine: Engine, quotas: Quotas, flows: Flows) -> None:
         self.engine = engine
         self.quotas = quotas
         self.flows = flows
@@ -108,7 +108,8 @@ class Leases:
     async def suspend(self, flow_id: str, worker: str, epoch: int) -> None:
         """Release a flow that waits on a slow action; it becomes runnable again when a result lands."""
         async with self.engine.transaction():
-            flow = check_held(await self.engine.one("SELECT * FROM flows WHERE id = ?", flow_id), flow_id, worker, epoch)
+            flow = check_held(await self.engine.one(f"SELECT * FROM flows WHERE id = ?{self.engine.dialect.lock()}", flow_id),
+                              flow_id, worker, epoch)
             open_rows = await self.engine.all("SELECT seq FROM journal WHERE flow_id = ? AND result IS NULL", flow_id)
             runnable = 0 if open_rows else 1
             await self.engine.execute(
@@ -127,9 +128,9 @@ class Leases:
         if not flow_ids:
             return []
         held = {r["id"] for r in await self.engine.write_statement(
-            "UPDATE flows SET lease_expires = ? WHERE lease_owner = ? AND id IN (SELECT value FROM json_each(?)) "
+            f"UPDATE flows SET lease_expires = ? WHERE lease_owner = ? AND id IN ({','.join('?' * len(flow_ids))}) "
             "RETURNING id",
-            (time.time() + LEASE_SECONDS, worker, dumps(flow_ids)), notes=set(),
+            (time.time() + LEASE_SECONDS, worker, *flow_ids), notes=set(),
         )}
         return [fid for fid in flow_ids if fid not in held]
 
@@ -143,7 +144,7 @@ class Leases:
             rows = await self.engine.all(
                 "SELECT f.*, j.seq AS last_seq, j.seq IS NOT NULL AND j.result IS NULL AS blocked FROM flows f "
                 "LEFT JOIN journal j ON j.flow_id = f.id AND j.seq = (SELECT MAX(seq) FROM journal WHERE flow_id = f.id) "
-                "WHERE f.lease_owner = ?", worker,
+                f"WHERE f.lease_owner = ?{self.engine.dialect.lock('f')}", worker,
             )
             for row in rows:
                 if died is not None and not row["blocked"]:
@@ -180,7 +181,7 @@ class Leases:
         async with self.engine.transaction():
             rows = await self.engine.all(
                 f"SELECT flow_id, seq, kind, args FROM journal WHERE kind IN ({marks}) AND result IS NULL "
-                "AND executor IS NULL ORDER BY requested_at LIMIT ?",
+                f"AND executor IS NULL ORDER BY requested_at LIMIT ?{self.engine.dialect.skip_locked}",
                 *kinds, limit,
             )
             claimed = []
@@ -197,7 +198,8 @@ class Leases:
     async def record_result(self, flow_id: str, seq: int, result: dict[str, Any], executor: str | None = None) -> bool:
         """A connector's answer. Refused (False) when already answered or no longer held by ``executor``."""
         async with self.engine.transaction():
-            row = await self.engine.one("SELECT result, executor FROM journal WHERE flow_id = ? AND seq = ?", flow_id, seq)
+            row = await self.engine.one(f"SELECT result, executor FROM journal WHERE flow_id = ? AND seq = ?{self.engine.dialect.lock()}",
+                                        flow_id, seq)
             if row is None or row["result"] is not None:
                 return False
             if executor is not None and row["executor"] != executor:
@@ -208,10 +210,12 @@ class Leases:
         """A connector claims again, holding only ``holding``: any other request leased to it was lost
         with a claim's answer (it never reached the connector, so it was never performed) and is
         handed back to be claimed again."""
+        keys = [f"{flow_id}/{seq}" for flow_id, seq in holding]
+        kept = f" AND flow_id || '/' || seq NOT IN ({','.join('?' * len(keys))})" if keys else ""
         rows = await self.engine.write_statement(
-            "UPDATE journal SET executor = NULL, executor_expires = NULL WHERE executor = ? AND result IS NULL "
-            "AND json_array(flow_id, seq) NOT IN (SELECT value FROM json_each(?)) RETURNING kind",
-            (executor, dumps([list(h) for h in holding])), notes={("requests", kind) for kind in jr.CONNECTOR_KINDS},
+            f"UPDATE journal SET executor = NULL, executor_expires = NULL WHERE executor = ? AND result IS NULL{kept} "
+            "RETURNING kind",
+            (executor, *keys), notes={("requests", kind) for kind in jr.CONNECTOR_KINDS},
         )
         return len(rows)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from grid_local import quota_tree as qt
-from grid_local.db.engine import Row, SqliteEngine
+from grid_local.db.engine import Row, Engine
 from grid_local.errors import QuotaError
 
 LIVE = "('pending', 'running', 'waiting')"
@@ -55,7 +55,7 @@ def node_json(row: Row | dict[str, Any]) -> dict[str, Any]:
 
 
 class Quotas:
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.running_limited = True
         """Whether some node limits running flows, as the last claim saw it: then a flow that stops
@@ -107,7 +107,8 @@ class Quotas:
                 raise QuotaError(f"quota node {path} does not exist, and {nearest} does not create nodes on "
                                  f"first use (an admin of {nearest} creates it with `flowmetal quota set`)", 403)
         for node in reversed(missing):
-            await self.engine.execute("INSERT OR IGNORE INTO quota_nodes (path, created, updated) VALUES (?, ?, ?)",
+            await self.engine.execute("INSERT INTO quota_nodes (path, created, updated) VALUES (?, ?, ?) "
+                                      "ON CONFLICT DO NOTHING",
                                       node, now, now)
 
     # -- admission of a start ---------------------------------------------------------------------
@@ -133,6 +134,10 @@ class Quotas:
         await self._create_missing(quota, now, explicit=False)
         chain = qt.ancestry(quota)
         nodes = await self.nodes(chain)
+        limited = [p for p in chain if any(nodes[p][k] is not None for k in HARD)]
+        if limited and self.engine.dialect.lock():  # starts under one limit take turns (each counts the others)
+            await self.engine.all(f"SELECT path FROM quota_nodes WHERE path IN ({','.join('?' * len(limited))}) "
+                                  f"ORDER BY path{self.engine.dialect.lock()}", *limited)
         for node in chain:
             limits = nodes[node]
             if limits["bundle_bytes"] is not None and bundle is not None:
@@ -174,14 +179,15 @@ class Quotas:
     async def pick(self, limit: int) -> list[str]:
         """Which runnable flows to lease now (inside the claim's transaction): fair across nodes,
         none whose ancestry is at its running limit (``quota_tree.fair_pick``)."""
-        queued = [qt.Queued(r["id"], r["quota"], r["created"]) for r in await self.engine.all(
-            "SELECT id, quota, created FROM (SELECT id, quota, created, ROW_NUMBER() OVER "
-            "(PARTITION BY quota ORDER BY created) AS pos FROM flows WHERE runnable = 1 AND lease_owner IS NULL) "
-            "WHERE pos <= ?", limit)]
+        # The nodes first: on PostgreSQL their rows are locked, so that claimers under a running limit
+        # take turns (each must count the others' claims) while the others claim side by side.
+        nodes = await self.engine.all(
+            "SELECT path, running, share FROM quota_nodes WHERE running IS NOT NULL OR share != 1 ORDER BY path"
+            f"{self.engine.dialect.lock()}")
+        queued = [qt.Queued(r["id"], r["quota"], r["created"])
+                  for r in await self.engine.all(self.engine.dialect.claim_queue(), limit)]
         if not queued:
             return []
-        nodes = await self.engine.all(
-            "SELECT path, running, share FROM quota_nodes WHERE running IS NOT NULL OR share != 1")
         running_limits = {r["path"]: r["running"] for r in nodes if r["running"] is not None}
         self.running_limited = bool(running_limits)
         if not running_limits and len({f.quota for f in queued}) == 1:
@@ -252,7 +258,7 @@ class Quotas:
                 if qt.under(p, root)]
 
 
-async def cancel_subtree(engine: SqliteEngine, end: Any, node: str, username: str | None, reason: str) -> list[str]:
+async def cancel_subtree(engine: Engine, end: Any, node: str, username: str | None, reason: str) -> list[str]:
     """Cancel every live flow in the subtree at ``node`` (only ``username``'s when given) in one
     transaction; ``end`` is ``Flows.end`` (it answers a parent waiting on a cancelled child)."""
     sql = f"SELECT * FROM flows WHERE status IN {LIVE} AND {qt.subtree_sql()}"

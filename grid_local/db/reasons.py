@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from grid_local import quota_tree as qt
-from grid_local.db.engine import SqliteEngine, loads
+from grid_local.db.engine import Engine, loads
 from grid_local.db.quotas import Quotas
 from grid_local.db.rows import FINISHED
 from grid_local.errors import NotFoundError
@@ -22,7 +22,7 @@ def when(at: float) -> str:
 
 
 class Reasons:
-    def __init__(self, engine: SqliteEngine, quotas: Quotas) -> None:
+    def __init__(self, engine: Engine, quotas: Quotas) -> None:
         self.engine = engine
         self.quotas = quotas
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from grid_local.db.engine import SqliteEngine, dumps
+from grid_local.db.engine import Engine, dumps
 
 
-async def record_once(engine: SqliteEngine, flow_id: str, seq: int, result: dict[str, Any],
+async def record_once(engine: Engine, flow_id: str, seq: int, result: dict[str, Any],
                       at: float | None = None) -> bool:
     """Record a result inside the current transaction; a suspended flow becomes runnable.
     Returns False when the entry was already answered (the first answer stands). ``at`` is the

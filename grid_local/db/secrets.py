@@ -25,7 +25,7 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 
 from grid_local import quota_tree as qt
-from grid_local.db.engine import SqliteEngine, loads
+from grid_local.db.engine import Engine, loads
 from grid_local.errors import NotFoundError
 from grid_local.secret_refs import KEY_ENV, REFERENCE
 
@@ -53,7 +53,7 @@ def load_key(home: Path) -> bytes:
 
 
 class Secrets:
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._fernet: Fernet | None = None
 

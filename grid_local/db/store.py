@@ -2,7 +2,8 @@
 
 It only wires the parts together; each query lives with its concern:
 
-  engine.py    the connection, transactions, busy retries, migrations, commit notes
+  engine.py    the engine on SQLite: the connection, transactions, busy retries, migrations, commit notes
+  postgres.py  the engine on PostgreSQL: a pool, transactions, retries, LISTEN/NOTIFY (same interface)
   bundles.py   bundles and deployments
   flows.py     starting, listing, ending and cancelling flows; the outcome of children
   inboxes.py   messages, their delivery to ``receive``, logs
@@ -20,12 +21,14 @@ It only wires the parts together; each query lives with its concern:
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from grid_local.db.bundles import Bundles
 from grid_local.db.clock import GridClock
-from grid_local.db.engine import BUSY_SECONDS, Note, SqliteEngine
+from grid_local.db.engine import BUSY_SECONDS, Engine, Note, SqliteEngine
 from grid_local.db.entries import Appended, Entries
 from grid_local.db.events import Events
 from grid_local.db.flows import Flows
@@ -39,26 +42,48 @@ from grid_local.db.triggers import TriggerStore
 
 __all__ = ["Appended", "EXECUTOR_GRACE", "FINISHED", "FlowStore", "LEASE_SECONDS", "new_id"]
 
+T = TypeVar("T")
+
+
+class _Retried:
+    """A part of the store whose coroutine methods are each wrapped in ``engine.retried``."""
+
+    def __init__(self, part: Any, engine: Engine) -> None:
+        self._part = part
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._part, name)
+        if inspect.iscoroutinefunction(found):
+            return self._engine.retried(found)
+        return found
+
+
+def _retried(part: T, engine: Engine) -> T:
+    return part if engine.retried(_retried) is _retried else cast(T, _Retried(part, engine))
+
 
 class FlowStore:
     """One process's connection to the Flow DB, and every query the grid asks of it."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.path = engine.path
+        self.target = engine.target  # the file, or the PostgreSQL URL (without its password)
         bundles = Bundles(engine)
         quotas = Quotas(engine)
-        self.secrets = Secrets(engine)  # sealed values; granting them to flows
-        flows = Flows(engine, quotas, self.secrets)
+        secrets = Secrets(engine)
+        flows = Flows(engine, quotas, secrets)
         inboxes = Inboxes(engine)
-        self.clock = GridClock(engine)  # real, or virtual (db/clock.py)
+        clock = GridClock(engine)
         leases = Leases(engine, quotas, flows)
-        entries = Entries(engine, flows, inboxes, self.clock, leases)
+        entries = Entries(engine, flows, inboxes, clock, leases)
         events = Events(engine)
-        self.triggers = TriggerStore(engine, inboxes, flows, self.clock)  # webhooks and schedules
-        self.quotas = quotas  # the quota tree (nodes, limits, usage)
+        self.secrets = _retried(secrets, engine)  # sealed values; granting them to flows
+        self.clock = _retried(clock, engine)  # real, or virtual (db/clock.py)
+        self.triggers = _retried(TriggerStore(engine, inboxes, flows, clock), engine)  # webhooks and schedules
+        self.quotas = _retried(quotas, engine)  # the quota tree (nodes, limits, usage)
         self.why = Reasons(engine, quotas).why
-        self.cancel_subtree = functools.partial(cancel_subtree, engine, flows.end)
+        self.cancel_subtree = engine.retried(functools.partial(cancel_subtree, engine, flows.end))
 
         # the Client API
         self.put_bundle = bundles.put_bundle
@@ -98,10 +123,27 @@ class FlowStore:
         self.deliver_pending = inboxes.deliver_pending
         self.finished_among = flows.finished_among
 
+        # On PostgreSQL a call whose transaction hit a deadlock or a serialization failure runs again.
+        for name, value in list(vars(self).items()):
+            if inspect.iscoroutinefunction(value):
+                setattr(self, name, engine.retried(value))
+
     @classmethod
-    async def open(cls, path: Path, busy_seconds: float = BUSY_SECONDS) -> "FlowStore":
-        store = cls(await SqliteEngine.open(path, busy_seconds))
-        await store.clock.load()
+    async def open(cls, target: str | Path, busy_seconds: float = BUSY_SECONDS) -> "FlowStore":
+        """The Flow DB at ``target``: a ``postgresql://`` URL, or the path of an SQLite file."""
+        engine: Engine
+        if isinstance(target, str) and target.startswith(("postgresql://", "postgres://")):
+            from grid_local.db.postgres import PostgresEngine  # (asyncpg is imported only when used)
+
+            engine = await PostgresEngine.open(target, busy_seconds)
+        else:
+            engine = await SqliteEngine.open(Path(target), busy_seconds)
+        store = cls(engine)
+        try:
+            await store.clock.load()
+        except BaseException:
+            await engine.close()
+            raise
         return store
 
     async def close(self) -> None:
@@ -112,5 +154,3 @@ class FlowStore:
         """Callables run with the notes of each commit this process makes (for wake-ups)."""
         return self.engine.on_commit
 
-    async def data_version(self) -> int:
-        return await self.engine.data_version()

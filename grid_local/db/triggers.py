@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from grid_local.db.clock import GridClock
-from grid_local.db.engine import Row, SqliteEngine, dumps, loads
+from grid_local.db.engine import Row, Engine, dumps, loads
 from grid_local.db.flows import Flows
 from grid_local.db.inboxes import Inboxes
 from grid_local.db.rows import new_id, under
@@ -22,7 +22,7 @@ FINISHED_SQL = "('completed', 'failed', 'cancelled')"
 
 
 class TriggerStore:
-    def __init__(self, engine: SqliteEngine, inboxes: Inboxes, flows: Flows, clock: GridClock) -> None:
+    def __init__(self, engine: Engine, inboxes: Inboxes, flows: Flows, clock: GridClock) -> None:
         self.engine = engine
         self.clock = clock
         self.inboxes = inboxes
@@ -73,6 +73,8 @@ class TriggerStore:
         hook with no running flow to take the request raises NotFoundError and writes nothing."""
         async with self.engine.transaction():
             if delivery is not None:
+                if self.engine.dialect.lock():  # one delivery id, one answer, even when it arrives twice at once
+                    await self.engine.one(f"SELECT name FROM hooks WHERE name = ?{self.engine.dialect.lock()}", hook["name"])
                 seen = await self.engine.one(
                     "SELECT flow_ids FROM hook_deliveries WHERE hook = ? AND delivery = ?", hook["name"], delivery
                 )
@@ -100,8 +102,8 @@ class TriggerStore:
         if match:
             if key is None:
                 raise NotFoundError(f"the request has no {match['source']} to route it by")
-            sql += " AND CAST(json_extract(args, ?) AS TEXT) = ?"
-            params += [f"$.{match['arg']}", key]
+            sql += f" AND {self.engine.dialect.json_field_text('args')} = ?"
+            params += [match["arg"], key]
         rows = await self.engine.all(sql + " ORDER BY created", *params)
         if not rows:
             which = f" with {match['arg']} = {key}" if match else ""
@@ -147,9 +149,10 @@ class TriggerStore:
         return await self._schedules("")
 
     async def _schedules(self, where: str, *params: Any) -> list[dict[str, Any]]:
+        last = ("'fire_time'", "fire_time", "'outcome'", "outcome", "'flow_id'", "flow_id")
         rows = await self.engine.all(
             "SELECT s.*, (SELECT COUNT(*) FROM schedule_fires WHERE schedule = s.name AND outcome = 'started') AS started, "
-            "(SELECT json_object('fire_time', fire_time, 'outcome', outcome, 'flow_id', flow_id) FROM schedule_fires "
+            f"(SELECT {self.engine.dialect.json_object(*last)} FROM schedule_fires "
             f"WHERE schedule = s.name ORDER BY fire_time DESC LIMIT 1) AS last FROM schedules s {where} ORDER BY s.name",
             *params,
         )
@@ -189,7 +192,7 @@ class TriggerStore:
         never start two flows. ``expected=None`` fires now, outside the cron times (``schedule trigger``)."""
         now = await self.clock.now()
         async with self.engine.transaction():
-            row = await self.engine.one("SELECT * FROM schedules WHERE name = ?", name)
+            row = await self.engine.one(f"SELECT * FROM schedules WHERE name = ?{self.engine.dialect.lock()}", name)
             if row is None:
                 if expected is None:
                     raise NotFoundError(f"no schedule named '{name}'")
@@ -258,10 +261,11 @@ class TriggerStore:
         if found is None:
             raise NotFoundError(f"no deployment named {deployment!r}")
         caps = await self.flows.quotas.admit(quota, found["digest"])  # QuotaError: the quota tree refuses it
+        entry_sql = self.engine.dialect.json_object("'module'", "b.entry", "'function'", "NULL")
         rows = await self.engine.all(
             "INSERT INTO flows (id, parent, root, name, bundle, entry, args, quota, username, status, created, "
             "updated, runnable, journal_cap, bytes_cap) SELECT ?, NULL, ?, d.name, b.digest, "
-            "json_object('module', b.entry, 'function', NULL), ?, ?, ?, 'pending', ?, ?, 1, ?, ? "
+            f"{entry_sql}, ?, ?, ?, 'pending', ?, ?, 1, ?, ? "
             "FROM deployments d JOIN bundles b ON b.digest = d.digest WHERE d.name = ? RETURNING id",
             flow_id, flow_id, dumps(args), quota, username, now, now, caps.journal_entries, caps.journal_bytes,
             deployment,
