@@ -167,6 +167,9 @@ class Quotas:
         (inside the append's transaction)."""
         chain = qt.ancestry(quota)
         limited = [(p, n["resources"]) for p, n in (await self.nodes(chain)).items() if n["resources"] is not None]
+        if limited and self.engine.dialect.lock():  # opens under one limit take turns (each counts the others)
+            await self.engine.all(f"SELECT path FROM quota_nodes WHERE path IN ({','.join('?' * len(limited))}) "
+                                  f"ORDER BY path{self.engine.dialect.lock()}", *[p for p, _ in limited])
         for node, allowed in sorted(limited, key=lambda item: -len(item[0])):
             used = (await self.engine.the(f"SELECT COUNT(*) AS n {OPEN_RESOURCES} AND {qt.subtree_sql('f.quota')}",
                                           *qt.subtree_params(node)))["n"]

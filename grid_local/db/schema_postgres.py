@@ -285,4 +285,22 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (quota, name)
     );
     """,
+    # 9: a limit on the open resources of a node's subtree; every journal's size is counted
+    """
+    ALTER TABLE quota_nodes ADD COLUMN resources BIGINT CHECK (resources >= 0);
+    CREATE OR REPLACE FUNCTION journal_bytes_requested() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE flows SET journal_bytes = journal_bytes + octet_length(NEW.args) + COALESCE(octet_length(NEW.result), 0)
+        WHERE id = NEW.flow_id;
+        RETURN NULL;
+    END $$;
+    CREATE OR REPLACE FUNCTION journal_bytes_answered() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE flows SET journal_bytes = journal_bytes + octet_length(NEW.result) WHERE id = NEW.flow_id;
+        RETURN NULL;
+    END $$;
+    UPDATE flows SET journal_bytes = COALESCE((SELECT SUM(octet_length(args) + COALESCE(octet_length(result), 0))
+                                               FROM journal WHERE journal.flow_id = flows.id), 0)
+    WHERE bytes_cap IS NULL;
+    """,
 ]
