@@ -11,9 +11,6 @@ checks say whether any flow was lost or any recorded request performed twice.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +18,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,89 +27,14 @@ from flowmetal_cli.bundle import build_bundle
 from flowmetal_cli.client import GridClient
 from grid_local.api.worker_auth import TOKEN_ENV, TOKEN_FILE
 from grid_local.home import GridPaths, pid_alive
-from grid_local.layout import COMPONENTS, Layout
-from grid_local.supervisor import free_port, start_background
+from grid_local.layout import COMPONENTS
+from grid_local.supervisor import free_port
 from tests.helpers import write_file
 from tests.integration.conftest import FINISHED, grid_env, stop_grid
 from tests.integration.fault_workload import FaultRun, Kill, SlowCountingServer
+from tests.integration.spread import Spread, kill_replica, remote_workers, start_spread, stop_spread, wait_until
 
 pytestmark = pytest.mark.timeout(420)
-
-
-@dataclass
-class Spread:
-    """A grid on machine A (its home) and processes started as on machine B (another home)."""
-
-    tmp: Path
-    paths: GridPaths
-    state: dict[str, Any]
-    env: dict[str, str]
-    """Machine B's environment: its own FLOWMETAL_HOME and config, no grid credential in it."""
-    token_file: Path
-    project: Path
-    started: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
-
-    @property
-    def urls(self) -> list[str]:
-        return list(self.state["worker_urls"])
-
-    def start(self, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
-        """`flowmetal <args>` on machine B, its output in a log of its own."""
-        log = self.tmp / f"machine-b-{len(self.started)}.log"
-        with open(log, "wb") as out:
-            process = subprocess.Popen([sys.executable, "-m", "flowmetal_cli", *args], env=self.env, stdout=out,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.tmp)
-        self.started.append((process, log))
-        return process, log
-
-    def worker(self, name: str) -> tuple[subprocess.Popen[bytes], Path]:
-        return self.start("worker", "--url", ",".join(self.urls), "--token-file", str(self.token_file),
-                          "--name", name, "--slots", "16", "--worker-memory", "512")
-
-    def connector(self, role: str) -> tuple[subprocess.Popen[bytes], Path]:
-        return self.start("connector", role, "--url", ",".join(self.urls), "--token-file", str(self.token_file))
-
-    def client(self) -> GridClient:
-        return GridClient(self.state["url"])
-
-    def grid_processes(self) -> list[dict[str, Any]]:
-        state = self.paths.read_state()
-        assert state is not None
-        return list(state["processes"])
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
-def remote_workers(spread: Spread, count: int) -> list[dict[str, Any]]:
-    """Wait until the grid lists ``count`` workers it did not start (known from their Worker API calls)."""
-    with spread.client() as client:
-        return wait_until(lambda: (found := [p for p in client.processes() if p.get("remote")]) and
-                          len(found) >= count and found, 60, f"{count} remote workers in /v1/processes")
-
-
-def start_spread(tmp: Path, components: frozenset[str], workers: int = 0) -> Spread:
-    grid_home = tmp / "machine-a"
-    paths = GridPaths(grid_home)
-    state = start_background(paths, workers=max(workers, 1), layout=Layout(components=components, worker_apis=2),
-                             timeout=60)
-    machine_b = tmp / "machine-b"
-    machine_b.mkdir()
-    token_file = machine_b / "worker-api.token"
-    shutil.copy(grid_home / TOKEN_FILE, token_file)  # all that is shared, with the URLs
-    env = {**grid_env(machine_b), "PYTHONUNBUFFERED": "1"}
-    env.pop(TOKEN_ENV, None)
-    project = tmp / "project"
-    project.mkdir()
-    (project / "flowmetal.toml").write_text('[project]\nname = "spread"\n')
-    return Spread(tmp, paths, state, env, token_file, project)
 
 
 @pytest.fixture
@@ -130,17 +51,7 @@ def spread_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         yield make
     finally:
         for spread in made:
-            for process, _ in spread.started:
-                if process.poll() is None:
-                    process.kill()
-                process.wait(10)
-            stop_grid(spread.paths)
-
-
-def kill_replica(spread: Spread, name: str) -> dict[str, Any]:
-    replica = next(p for p in spread.grid_processes() if p["name"] == name)
-    os.kill(int(replica["pid"]), signal.SIGKILL)
-    return replica
+            stop_spread(spread)
 
 
 def fault_run(spread: Spread, server: SlowCountingServer, roots: int) -> FaultRun:
