@@ -35,6 +35,7 @@ from grid_local.runtime.execution import (
     Outcome,
     Suspended,
 )
+from grid_local.runtime import rules
 from grid_local.runtime.journal import JournalEntry
 from grid_local.runtime.sources import MappingSource
 from grid_local.worker.port import WorkerApiPort
@@ -63,7 +64,8 @@ class Worker:
         self.client = WireClient(api_urls, who=f"worker {worker_id}")
         self.slots = Slots(self.settings.slots, self.settings.max_waiting)
         crash = os.environ.get(CRASH_ENV)
-        self.port = WorkerApiPort(self.client, worker_id, self.slots, int(crash) if crash else None, take=self._start)
+        self.port = WorkerApiPort(self.client, worker_id, self.slots, int(crash) if crash else None,
+                                  take=self._start_child, before_append=self._before_append)
         threading.stack_size(self.settings.stack_bytes)  # deep enough for the grid's max_callstack
         self.pool = ThreadPoolExecutor(max_workers=self.settings.threads, thread_name_prefix="flow")
         self.held: dict[str, FlowExecution | None] = {}
@@ -71,6 +73,9 @@ class Worker:
         self._dropped: set[str] = set()
         self._lock = threading.Lock()
         self._bundles: dict[str, tuple[MappingSource, Limits]] = {}
+        self._not_started: dict[str, dict[str, WorkerTask]] = {}
+        """By parent: children handed over with its ``run``, not started yet (``_start_child``)."""
+        self._inline = threading.local()  # .active: this thread evaluates a child inside its parent
         self._stopping = threading.Event()
 
     def check_in(self) -> None:
@@ -108,6 +113,40 @@ class Worker:
         with self._lock:
             self.held[task["id"]] = None
         self.pool.submit(self._execute, task)
+
+    def _start_child(self, task: WorkerTask) -> None:
+        """A child handed over with its parent's ``run``. It waits for its parent's next step: if that
+        is a ``wait`` on it alone, the parent's thread evaluates it (``_before_append``); anything
+        else, or the parent's end, starts it in a pool thread (``_start_children_of``)."""
+        with self._lock:
+            self.held[task["id"]] = None
+            self._not_started.setdefault(task["parent"] or "", {})[task["id"]] = task
+
+    def _start_children_of(self, parent_id: str) -> None:
+        with self._lock:
+            children = self._not_started.pop(parent_id, {})
+        for child in children.values():
+            self.pool.submit(self._execute, child)
+
+    def _before_append(self, task: FlowTask, entry: JournalEntry) -> None:
+        """A flow's next step after a ``run`` that handed it a child. A ``wait`` on that child alone
+        would only block until it ends: the child is evaluated here, now, in the parent's thread, so
+        no thread hand-off, wake-up or long poll stands between them, and the ``wait`` is answered
+        in its own append. One level only: a flow thread's stack holds two evaluations
+        (``WorkerSettings.stack_bytes``)."""
+        waited = rules.waited_ids(entry.args) if entry.kind == "wait" else []
+        inline = None
+        if len(waited) == 1 and not getattr(self._inline, "active", False):
+            with self._lock:
+                inline = self._not_started.get(task.flow_id, {}).pop(waited[0], None)
+        self._start_children_of(task.flow_id)
+        if inline is None:
+            return
+        self._inline.active = True
+        try:
+            self._execute(inline)
+        finally:
+            self._inline.active = False
 
     def stop(self) -> None:
         self._stopping.set()
@@ -152,6 +191,7 @@ class Worker:
         except BaseException as exc:  # a failure of this worker's own: the flow fails, saying so
             self._fail(task, f"worker {self.worker_id} could not evaluate this flow: {exc!r}", "", "InternalError")
         finally:
+            self._start_children_of(task.flow_id)  # (a parent that ended right after its run)
             with self._lock:
                 self.held.pop(task.flow_id, None)
                 self._dropped.discard(task.flow_id)

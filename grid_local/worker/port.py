@@ -26,10 +26,13 @@ FINISHED = ("cancelled", "failed", "completed")
 
 class WorkerApiPort:
     def __init__(self, client: WireClient, worker_id: str, slots: Slots, crash_after: int | None = None,
-                 take: Callable[[WorkerTask], None] | None = None) -> None:
+                 take: Callable[[WorkerTask], None] | None = None,
+                 before_append: Callable[[FlowTask, JournalEntry], None] | None = None) -> None:
         self.client = client
         self.take = take
         """Where a child flow handed over with its parent's ``run`` goes (it holds a slot already)."""
+        self.before_append = before_append
+        """Called before each append (a child the flow's last ``run`` handed over starts here)."""
         self.worker_id = worker_id
         self.slots = slots
         self.crash_after = crash_after
@@ -46,6 +49,8 @@ class WorkerApiPort:
             raise
 
     def append(self, task: FlowTask, entry: JournalEntry) -> dict[str, Any] | None:
+        if self.before_append is not None:
+            self.before_append(task, entry)
         body: dict[str, Any] = {"worker": self.worker_id, "epoch": task.epoch, "entry": entry.to_json()}
         # A child flow is cheapest where its parent runs: the bundle is loaded, and no claim round
         # trip or other worker's wake-up stands between the run and the child's evaluation. Ask for

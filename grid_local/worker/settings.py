@@ -42,8 +42,9 @@ class WorkerSettings:
 
     @property
     def stack_bytes(self) -> int:
-        """The stack of each flow thread: deep enough for ``max_callstack`` frames (8 MiB at least)."""
-        wanted = max(8 * MIB, self.max_callstack * STACK_BYTES_PER_FRAME)
+        """The stack of each flow thread: deep enough for two evaluations of ``max_callstack`` frames
+        (a parent and the child it evaluates in its own thread while it waits on it), 8 MiB at least."""
+        wanted = max(8 * MIB, 2 * self.max_callstack * STACK_BYTES_PER_FRAME)
         return -(-wanted // MIB) * MIB
 
     @property

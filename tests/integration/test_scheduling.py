@@ -68,9 +68,15 @@ def test_a_child_flow_runs_on_its_parents_worker_when_it_has_a_free_slot(grid_fa
 
     assert grid.wait(root, timeout=60)["status"] == "completed"
     assert grid.logs(root) == ["21"]
-    running = [e for e in grid.client.events(after=0, root=root)["events"]
-               if e["type"] == "flow" and e["status"] == "running"]
+    events = grid.client.events(after=0, root=root)["events"]
+    running = [e for e in events if e["type"] == "flow" and e["status"] == "running"]
     parent_worker = next(e["worker"] for e in running if e["flow_id"] == root)
     children = [e for e in running if e["flow_id"] != root]
     assert len(children) == 6
     assert {e["worker"] for e in children} == {parent_worker}, children
+    # The parent waits on one child at a time: it evaluates that child in its own thread before it
+    # appends the wait, so each child ended before its parent's wait was even requested.
+    ended = [e["id"] for e in events if e["type"] == "flow" and e["flow_id"] != root and e["status"] == "completed"]
+    waits = [e["id"] for e in events if e["type"] == "request" and e["flow_id"] == root and e["kind"] == "wait"]
+    assert len(ended) == len(waits) == 6
+    assert all(end < wait for end, wait in zip(ended, waits)), (ended, waits)
