@@ -21,6 +21,9 @@ def flowmetal_home() -> Path:
 @dataclass(frozen=True)
 class GridPaths:
     home: Path
+    db_url: str | None = None
+    """A ``postgresql://`` URL when the grid's Flow DB is on PostgreSQL (``grid up --db``); None: the
+    SQLite file ``db`` in the home."""
 
     @classmethod
     def current(cls) -> "GridPaths":
@@ -29,6 +32,20 @@ class GridPaths:
     @property
     def db(self) -> Path:
         return self.home / "flow.db"
+
+    @property
+    def flow_db(self) -> str | Path:
+        """What ``FlowStore.open`` opens: the PostgreSQL URL, else the SQLite file."""
+        return self.db_url or self.db
+
+    @property
+    def flow_db_label(self) -> str:
+        """The Flow DB as messages and grid.json name it (a URL without its password)."""
+        if self.db_url is None:
+            return str(self.db)
+        from grid_local.db.postgres import redacted
+
+        return redacted(self.db_url)
 
     @property
     def logs(self) -> Path:

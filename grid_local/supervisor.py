@@ -177,14 +177,15 @@ class Supervisor:
             return [arg for port in every_poke if port != own for arg in ("--peer-notify-port", str(port))]
 
         self.children = []
+        db = ["--db", self.paths.db_url] if self.paths.db_url else []  # (else the home's SQLite file)
         for number, (port, poke) in enumerate(zip(self.worker_ports, worker_pokes), start=1):
             name = "worker-api" if replicas == 1 else f"worker-api-{number}"
             self.children.append(Child("worker-api", name, [
                 python, "-m", "grid_local.api.serve", "worker", "--home", home, "--host", layout.worker_host,
-                "--port", str(port), "--notify-port", str(poke), *peers(poke)]))
+                "--port", str(port), "--notify-port", str(poke), *peers(poke), *db]))
         if client_poke:
             client = [python, "-m", "grid_local.api.serve", "client", "--home", home, "--host", self.host,
-                      "--port", str(self.client_port), "--notify-port", str(client_poke), *peers(client_poke)]
+                      "--port", str(self.client_port), "--notify-port", str(client_poke), *peers(client_poke), *db]
             if self.tokens:
                 client += ["--tokens", str(self.tokens)]
             self.children.append(Child("client-api", "client-api", client))
@@ -245,7 +246,7 @@ class Supervisor:
             "worker_url": self.worker_url if self.layout.has("worker-api") else None,
             "worker_urls": self.worker_urls if self.layout.has("worker-api") else [],
             "components": sorted(self.layout.components),
-            "db": str(self.paths.db), "home": str(self.paths.home), "auth": bool(self.tokens), "clock": self.clock,
+            "db": self.paths.flow_db_label, "home": str(self.paths.home), "auth": bool(self.tokens), "clock": self.clock,
             "processes": [
                 {"role": "supervisor", "name": "supervisor", "pid": os.getpid(), "id": "supervisor",
                  "started": self._started, "restarts": 0},
@@ -298,7 +299,7 @@ class Supervisor:
         parts = [f"client API {self.client_url}" if self.layout.has("client-api") else "",
                  f"worker API {', '.join(self.worker_urls)}" if self.layout.has("worker-api") else "",
                  f"{self.workers} workers", "connectors" if self.layout.has("connectors") else "no connectors"]
-        self.log(f"grid up: {', '.join(part for part in parts if part)}, db {self.paths.db}")
+        self.log(f"grid up: {', '.join(part for part in parts if part)}, db {self.paths.flow_db_label}")
 
     def prepare_db(self) -> None:
         """Check the Flow DB before any process uses it, and clear what the previous grid left held.
@@ -306,7 +307,7 @@ class Supervisor:
         Nothing of a previous grid instance survives it (its children die with its supervisor), so
         every flow it leased is runnable again and every request it had in flight is declared
         interrupted now, instead of after their leases expire."""
-        flows, requests = prepare_flow_db(self.paths.db, self.clock)
+        flows, requests = prepare_flow_db(self.paths.flow_db, self.clock)
         if flows or requests:
             self.log(f"recovered from the previous grid: {flows} flows released, {requests} requests in flight "
                      "declared interrupted")
@@ -495,6 +496,8 @@ def start_background(
         argv += ["--tokens", str(tokens.resolve())]
     if clock != "real":
         argv += ["--clock", clock]
+    if paths.db_url:
+        argv += ["--db", paths.db_url]
     paths.logs.mkdir(parents=True, exist_ok=True)
     log_path = paths.logs / "supervisor.log"
     with open(log_path, "ab") as log:
@@ -548,13 +551,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--tokens", type=Path, default=None)
     parser.add_argument("--clock", choices=["real", "virtual"], default="real")
+    parser.add_argument("--db", default=None, help="postgresql://USER@HOST:PORT/DB (default: flow.db in the home)")
     WorkerSettings.add_arguments(parser)
     options = parser.parse_args(argv)
     try:
         layout = Layout.from_options(options)
     except ValueError as exc:
         parser.exit(2, f"error: {exc}\n")
-    supervisor = Supervisor(GridPaths(options.home), options.workers, options.host, options.port, options.tokens,
+    supervisor = Supervisor(GridPaths(options.home, options.db), options.workers, options.host, options.port, options.tokens,
                             WorkerSettings.from_options(options), options.clock, layout)
     if not supervisor.acquire_lock():
         print(f"error: a grid is already running for {options.home}", file=sys.stderr)

@@ -39,6 +39,7 @@ def up(
     only: Annotated[str | None, typer.Option("--only", help="Start only these, comma-separated: client-api, worker-api, connectors, workers (api: both APIs).")] = None,
     worker_apis: Annotated[int, typer.Option("--worker-apis", min=1, max=16, help="Worker API replicas over the one Flow DB (each on its own port; grid.json lists them all).")] = 1,
     worker_listen: Annotated[str | None, typer.Option("--worker-listen", help="Serve the Worker API on HOST:PORT, for workers and connectors on other machines (replica i on PORT+i).")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Keep the Flow DB on PostgreSQL: postgresql://USER@HOST:PORT/DB (the database must exist; the password from PGPASSWORD or ~/.pgpass). Default: flow.db in $FLOWMETAL_HOME.")] = None,
     worker_token_file: Annotated[Path | None, typer.Option("--worker-token-file", help="Keep this Worker API credential across grid starts (workers elsewhere hold a copy) instead of a new one each start.", exists=True, dir_okay=False)] = None,
 ) -> None:
     """Start the local grid (APIs, workers, connectors) under $FLOWMETAL_HOME.
@@ -58,8 +59,14 @@ def up(
       flowmetal grid up --no-workers --worker-apis 2 --worker-listen 0.0.0.0:8471 --worker-token-file wt.token
 
       flowmetal grid up --only api --listen 0.0.0.0:8470 --tokens tokens.toml
+
+      flowmetal grid up --db postgresql://flowmetal@db.example.com:5432/flowmetal
     """
     paths = GridPaths.current()
+    if db is not None:
+        if not db.startswith(("postgresql://", "postgres://")):
+            console.fail(f"--db takes a postgresql://USER@HOST:PORT/DB URL, not '{db}'", console.EXIT_USAGE)
+        paths = GridPaths(paths.home, db)
     if clock not in ("real", "virtual"):
         console.fail(f"--clock takes real or virtual, not '{clock}'", console.EXIT_USAGE)
     if listen and (":" not in listen or not listen.rpartition(":")[2].isdigit()):
@@ -91,6 +98,8 @@ def up(
             argv += ["--host", host, "--port", port]
         if tokens:
             argv += ["--tokens", str(tokens.resolve())]
+        if db:
+            argv += ["--db", db]
         supervisor_main([*argv, "--clock", clock])
         return
     try:

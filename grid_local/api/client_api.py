@@ -162,7 +162,7 @@ class ClientApi:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
-        self.store = await FlowStore.open(self.paths.db, busy_seconds=BUSY_SECONDS)
+        self.store = await FlowStore.open(self.paths.flow_db, busy_seconds=BUSY_SECONDS)
         self.store.secrets.use_key(load_key(self.paths.home))
         self.store.on_commit.append(lambda notes: self.notifier.publish([ANY_CHANGE]))
         self.store.on_commit.append(self.poke.poke)
@@ -228,7 +228,7 @@ class ClientApi:
         @app.exception_handler(sqlite3.Error)
         @app.exception_handler(StoreError)
         async def storage_error(request: Request, exc: Exception) -> JSONResponse:
-            problem = storage_problem(exc, self.paths.db)
+            problem = storage_problem(exc, self.paths.flow_db_label)
             if problem is None:
                 return await internal_error(request, exc)
             status, error, message = problem
@@ -262,7 +262,7 @@ class ClientApi:
 
         @app.get("/v1/health", summary="Is the grid up", responses=answers())
         async def health() -> Health:
-            return {"ok": True, "db": str(self.paths.db), "auth": self.tokens is not None}
+            return {"ok": True, "db": self.paths.flow_db_label, "auth": self.tokens is not None}
 
         @app.get("/v1/whoami", summary="Who the caller acts as", responses=answers())
         async def whoami(who: Identity = ident) -> Identity:

@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--notify-port", type=int, default=None, help="UDP port this API is poked on")
     parser.add_argument("--peer-notify-port", type=int, action="append", default=[],
                         help="UDP port to poke after commits (once per peer API)")
+    parser.add_argument("--db", default=None, help="postgresql://... (default: flow.db in the home)")
     options = parser.parse_args(argv)
-    paths = GridPaths(options.home)
+    paths = GridPaths(options.home, options.db)
     app: Any
     if options.which == "client":
         from grid_local.api.client_api import create_app
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(2, f"error: a Worker API on {options.host} (beyond loopback) needs the grid's credential "
                            f"({TOKEN_ENV} or {TOKEN_FILE} in {paths.home})\n")
 
-        app = create_worker_app(paths.db, options.notify_port, options.peer_notify_port)
+        app = create_worker_app(paths, options.notify_port, options.peer_notify_port)
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning", access_log=False,
                 loop="uvloop", http="httptools", backlog=2048, timeout_keep_alive=120,
                 timeout_graceful_shutdown=1)

@@ -28,6 +28,7 @@ from grid_local.api.worker_auth import RequireToken, worker_token
 from grid_local.api.problems import RETRY_AFTER_SECONDS, storage_problem
 from grid_local.db.secrets import load_key
 from grid_local.db.store import FlowStore
+from grid_local.home import GridPaths
 from grid_local.errors import FlowmetalError, LeaseLostError, NotFoundError, StoreError
 from grid_local.records import WorkerTask
 from grid_local.runtime.journal import ALL_KINDS, CONNECTOR_KINDS, MAX_VALUE_BYTES, JournalEntry
@@ -98,7 +99,7 @@ def handle_errors(handler: Any) -> Any:
         except (sqlite3.Error, StoreError) as exc:
             # A full disk (507) or a locked database (503): nothing was written, and workers and
             # connectors retry the same call until it passes (api/wire.py).
-            problem = storage_problem(exc, request.app.state.db_path)
+            problem = storage_problem(exc, request.app.state.db_label)
             if problem is None:
                 raise
             status, error, message = problem
@@ -110,8 +111,9 @@ def handle_errors(handler: Any) -> Any:
 
 
 class WorkerApi:
-    def __init__(self, db_path: Path, notify_port: int | None = None, peer_port: int | list[int] | None = None) -> None:
-        self.db_path = db_path
+    def __init__(self, paths: GridPaths, notify_port: int | None = None,
+                 peer_port: int | list[int] | None = None) -> None:
+        self.paths = paths
         self.notifier = Notifier()
         self.poke = PeerPoke(self.notifier, notify_port, peer_port)
         self.store: FlowStore | None = None
@@ -130,8 +132,8 @@ class WorkerApi:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        self.store = await FlowStore.open(self.db_path)
-        self.store.secrets.use_key(load_key(self.db_path.parent))
+        self.store = await FlowStore.open(self.paths.flow_db)
+        self.store.secrets.use_key(load_key(self.paths.home))
         self.store.on_commit.append(self._on_commit)
         self.store.on_commit.append(self.poke.poke)
         await self.poke.start()
@@ -370,7 +372,7 @@ class WorkerApi:
         return JSONResponse({"logged": len(lines)})
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"ok": True, "db": str(self.db_path)})
+        return JSONResponse({"ok": True, "db": self.paths.flow_db_label})
 
     def app(self) -> Starlette:
         routes = [
@@ -397,12 +399,13 @@ class WorkerApi:
         ]
         app = Starlette(routes=routes, lifespan=self.lifespan, exception_handlers={
             HTTPException: routing_error, Exception: internal_error})
-        app.state.db_path = self.db_path
-        token = worker_token(self.db_path.parent)
+        app.state.db_label = self.paths.flow_db_label
+        token = worker_token(self.paths.home)
         if token:  # the supervisor always gives one; a Worker API started by hand without one is open
             app.add_middleware(RequireToken, token=token)
         return app
 
 
-def create_app(db_path: Path, notify_port: int | None = None, peer_port: int | list[int] | None = None) -> Starlette:
-    return WorkerApi(db_path, notify_port, peer_port).app()
+def create_app(paths: GridPaths, notify_port: int | None = None,
+               peer_port: int | list[int] | None = None) -> Starlette:
+    return WorkerApi(paths, notify_port, peer_port).app()

@@ -148,17 +148,22 @@ class PostgresEngine:
     async def open(cls, url: str, busy_seconds: float = BUSY_SECONDS, pool_size: int = POOL_SIZE) -> "PostgresEngine":
         target = redacted(url)
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size, timeout=min(busy_seconds, 10.0),
+            # No floor of open connections (min_size=0): asyncpg would keep reconnecting one in the
+            # background while the server is down, logging a traceback each time; connections are
+            # made on demand instead, and a call meanwhile is a StoreError (503).
+            pool = await asyncpg.create_pool(url, min_size=0, max_size=pool_size, timeout=min(busy_seconds, 10.0),
                                              command_timeout=max(busy_seconds, 30.0))
         except UNAVAILABLE_ERRORS as exc:
             raise StoreError(f"the Flow DB {target} is unavailable: {_reason(exc)}") from None
-        except asyncpg.PostgresError as exc:  # a wrong password, a missing database or role
-            raise StoreError(f"the Flow DB {target} refused the connection: {exc}") from None
         engine = cls(pool, url, busy_seconds)
         try:
-            await engine._migrate()
+            await engine._migrate()  # (the first connection is made here)
+        except (asyncpg.exceptions.InvalidAuthorizationSpecificationError, asyncpg.exceptions.InvalidCatalogNameError,
+                asyncpg.exceptions.InvalidPasswordError) as exc:  # a wrong password, a missing database or role
+            await engine.close()
+            raise StoreError(f"the Flow DB {target} refused the connection: {exc}") from None
         except BaseException:
-            await pool.close()
+            await engine.close()
             raise
         return engine
 

@@ -1,5 +1,10 @@
 """What a starting grid does to its Flow DB before any process uses it: check it, then clear what
-the previous grid instance left held."""
+the previous grid instance left held.
+
+On SQLite the file is checked page by page (``quick_check``); on PostgreSQL the server must answer,
+the database must exist and its schema must not be newer than this Flowmetal (opening it migrates
+an older one); then, on both, the previous grid's leases are released.
+"""
 
 from __future__ import annotations
 
@@ -30,11 +35,11 @@ def check_flow_db(path: Path) -> None:
         raise StoreError(f"the Flow DB {path} is damaged: {'; '.join(problems)} ({REMEDY})")
 
 
-async def _release_previous_grid(path: Path, clock: str) -> tuple[int, int]:
+async def _release_previous_grid(target: str | Path, clock: str) -> tuple[int, int]:
     try:
-        store = await FlowStore.open(path)
+        store = await FlowStore.open(target)  # (PostgreSQL: StoreError when unavailable, refused or too new)
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"the Flow DB {path} is not usable: {exc} ({REMEDY})") from None
+        raise StoreError(f"the Flow DB {target} is not usable: {exc} ({REMEDY})") from None
     try:
         await store.clock.set_mode(clock)
         return await store.release_previous_grid()
@@ -42,10 +47,11 @@ async def _release_previous_grid(path: Path, clock: str) -> tuple[int, int]:
         await store.close()
 
 
-def prepare_flow_db(path: Path, clock: str = "real") -> tuple[int, int]:
-    """Check the Flow DB, migrate it, set the grid's clock (real or virtual), and release the
-    previous grid's holdings.
+def prepare_flow_db(target: str | Path, clock: str = "real") -> tuple[int, int]:
+    """Check the Flow DB (a file, or a ``postgresql://`` URL), migrate it, set the grid's clock (real
+    or virtual), and release the previous grid's holdings.
 
     Returns (flows released, requests declared interrupted)."""
-    check_flow_db(path)
-    return asyncio.run(_release_previous_grid(path, clock))
+    if isinstance(target, Path):
+        check_flow_db(target)
+    return asyncio.run(_release_previous_grid(target, clock))
