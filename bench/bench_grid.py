@@ -190,6 +190,45 @@ def throughput(client: GridClient, digest: str, flows: int, steps: int) -> dict[
             "flows_per_s": round(flows / elapsed, 1), "steps_per_s": round(flows * steps / elapsed, 1)}
 
 
+def fanout(client: GridClient, digest: str) -> dict[str, Any]:
+    """W4: one flow fanning out to 100 child flows."""
+    began = time.perf_counter()
+    event = wait_root(client, client.start_flow(digest, {})["id"])
+    return {"children": 100, "seconds": round(time.perf_counter() - began, 3), "status": event["status"]}
+
+
+def worker_killed(client: GridClient, digest: str) -> dict[str, Any]:
+    """W5: 20 sequential 100 ms sleeps; the flow's worker is SIGKILLed after the 5th."""
+    flow_id = client.start_flow(digest, {})["id"]
+    killed_at = None
+    while killed_at is None:
+        flow = client.get_flow(flow_id)
+        answered = [e for e in flow["journal"] if e["result"] is not None]
+        if len(answered) >= 5 and flow["worker"]:
+            os.kill(int(flow["worker"].rsplit(".", 1)[1]), signal.SIGKILL)
+            killed_at = time.perf_counter()
+        else:
+            time.sleep(0.005)
+    event = wait_root(client, flow_id)
+    recovery = time.perf_counter() - killed_at
+    results = [e for e in client.events(after=0, root=flow_id)["events"] if e["type"] == "result"]
+    seqs = [e["seq"] for e in results]
+    return {"steps": 20, "kill_to_completion_s": round(recovery, 3),
+            "steps_performed_again": len(seqs) - len(set(seqs)), "status": event["status"]}
+
+
+def upload_scripts(client: GridClient) -> dict[str, str]:
+    """Every workload's bundle on the grid, and the workers warmed up (bundles and prelude loaded)."""
+    digests = {}
+    for name, source in SCRIPTS.items():
+        data, digest = write_bundle(name, {name: source}, SETTINGS.get(name, {}))
+        client.upload_bundle(data, digest)
+        digests[name] = digest
+    for name in ("one.flow", "ten.flow", "child_one.flow"):
+        wait_root(client, client.start_flow(digests[name], {})["id"])
+    return digests
+
+
 def wait_all(client: GridClient, ids: set[str], timeout: float = 300.0) -> None:
     cursor = client.events(after=0, wait=0)["cursor"] if False else 0
     remaining = set(ids)
@@ -262,14 +301,7 @@ def main() -> None:
     sampler.start()
     client = GridClient(state["url"])
     try:
-        digests = {}
-        for name, source in SCRIPTS.items():
-            data, digest = write_bundle(name, {name: source}, SETTINGS.get(name, {}))
-            client.upload_bundle(data, digest)
-            digests[name] = digest
-        # Warm-up: workers load the bundles and the prelude once.
-        for name in ("one.flow", "ten.flow", "child_one.flow"):
-            wait_root(client, client.start_flow(digests[name], {})["id"])
+        digests = upload_scripts(client)
 
         # Each of W1-W3 twice: the step an action (now()), then a child flow ("c").
         for suffix, one, hundred, ten in (("", "one", "hundred", "ten"), ("c", "child_one", "child_hundred", "child_ten")):
@@ -282,28 +314,9 @@ def main() -> None:
                 emit({"workload": "W3" + suffix, "step": step, **throughput(client, digests[f"{ten}.flow"], 200, 10)})
 
         if wanted("W4"):
-            began = time.perf_counter()
-            event = wait_root(client, client.start_flow(digests["fanout.flow"], {})["id"])
-            elapsed = time.perf_counter() - began
-            emit({"workload": "W4", "children": 100, "seconds": round(elapsed, 3), "status": event["status"]})
-
+            emit({"workload": "W4", **fanout(client, digests["fanout.flow"])})
         if wanted("W5"):
-            flow_id = client.start_flow(digests["naps.flow"], {})["id"]
-            killed_at = None
-            while killed_at is None:
-                flow = client.get_flow(flow_id)
-                answered = [e for e in flow["journal"] if e["result"] is not None]
-                if len(answered) >= 5 and flow["worker"]:
-                    os.kill(int(flow["worker"].rsplit(".", 1)[1]), signal.SIGKILL)
-                    killed_at = time.perf_counter()
-                else:
-                    time.sleep(0.005)
-            event = wait_root(client, flow_id)
-            recovery = time.perf_counter() - killed_at
-            results = [e for e in client.events(after=0, root=flow_id)["events"] if e["type"] == "result"]
-            seqs = [e["seq"] for e in results]
-            emit({"workload": "W5", "steps": 20, "kill_to_completion_s": round(recovery, 3),
-                  "steps_performed_again": len(seqs) - len(set(seqs)), "status": event["status"]})
+            emit({"workload": "W5", **worker_killed(client, digests["naps.flow"])})
         if wanted("resume"):
             # Resume: a flow with a 1,000-entry journal loses its worker; the next one replays it.
             flow_id = client.start_flow(digests["long.flow"], {})["id"]

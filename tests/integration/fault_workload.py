@@ -17,6 +17,7 @@ bench/bench_faults.py; it imports no pytest.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -31,7 +32,9 @@ from urllib.parse import urlsplit
 
 from flowmetal_cli.bundle import build_bundle
 from flowmetal_cli.client import GridClient, GridUnreachable
+from grid_local.db.store import FlowStore
 from grid_local.home import GridPaths, pid_alive
+from grid_local.layout import Layout
 from grid_local.runtime.journal import INTERRUPTED
 from grid_local.supervisor import start_background
 from tests.helpers import LoopbackServer, QuietJsonHandler, write_file
@@ -168,8 +171,10 @@ class FaultRun:
     """One workload on one grid home, with at most one kill (``kind=None`` runs it undisturbed)."""
 
     def __init__(self, paths: GridPaths, project: Path, server: SlowCountingServer, roots: int = 30,
-                 workers: int = 2, nap: float = 0.5) -> None:
+                 workers: int = 2, nap: float = 0.5, layout: Layout | None = None) -> None:
         self.paths = paths
+        self.layout = layout
+        """How a restart after a whole-grid kill starts the grid again (None: the whole grid here)."""
         self.project = project
         self.server = server
         self.roots = roots
@@ -184,7 +189,7 @@ class FaultRun:
     # -- the grid -----------------------------------------------------------------------------
 
     def _start_grid(self) -> GridClient:
-        state = start_background(self.paths, workers=self.workers)
+        state = start_background(self.paths, workers=self.workers, layout=self.layout, timeout=60)
         return GridClient(state["url"])
 
     def call(self, what: Any, timeout: float = 60.0) -> Any:
@@ -265,7 +270,8 @@ class FaultRun:
 
     def _kill(self, kind: str | None, processes: list[dict[str, Any]]) -> None:
         if kind is not None:
-            targets = [p for p in processes if kind == "everything" or p["role"] == kind]
+            # (workers on other machines are not this machine's to kill: they outlive the grid and come back to it)
+            targets = [p for p in processes if (kind == "everything" or p["role"] == kind) and not p.get("remote")]
             slow = ("http", "exec")  # held at the server's gate or the hold file: certainly in flight
             held = [(r["flow_id"], r["seq"]) for p in targets for r in p["requests"] if r["kind"] in slow]
             self.kill = Kill(kind, time.time(), [int(p["pid"]) for p in targets], held,
@@ -273,7 +279,7 @@ class FaultRun:
             for process in targets:
                 os.kill(int(process["pid"]), signal.SIGKILL)
             if kind in RESTARTS_GRID:
-                self._restart([int(p["pid"]) for p in processes])
+                self._restart([int(p["pid"]) for p in processes if not p.get("remote")])
         else:
             self.kill = Kill("none", time.time(), [])
 
@@ -284,9 +290,7 @@ class FaultRun:
         while any(pid_alive(pid) for pid in old_pids):
             assert time.monotonic() < deadline, "the grid's processes outlived their supervisor"
             time.sleep(0.02)
-        with sqlite3.connect(self.paths.db) as db:
-            self.kill.left_in_flight = [tuple(row) for row in db.execute(  # type: ignore[misc]
-                "SELECT flow_id, seq FROM journal WHERE executor IS NOT NULL AND result IS NULL")]
+        self.kill.left_in_flight = left_in_flight(self.paths)
         self.client.close()
         self.client = self._start_grid()
         self.kill.restarted_at = time.time()
@@ -457,6 +461,23 @@ class FaultRun:
 
     def close(self) -> None:
         self.client.close()
+
+
+def left_in_flight(paths: GridPaths) -> list[tuple[str, int]]:
+    """The requests leased to a connector and unanswered, read from the Flow DB (file or PostgreSQL)."""
+    sql = "SELECT flow_id, seq FROM journal WHERE executor IS NOT NULL AND result IS NULL"
+    if paths.db_url is None:
+        with sqlite3.connect(paths.db) as db:
+            return [(str(row[0]), int(row[1])) for row in db.execute(sql)]
+
+    async def read() -> list[tuple[str, int]]:
+        store = await FlowStore.open(paths.flow_db)
+        try:
+            return [(str(row[0]), int(row[1])) for row in await store.engine.all(sql)]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
 
 
 def _interrupted(entry: dict[str, Any]) -> bool:
