@@ -50,6 +50,13 @@ MAX_PAYLOAD = 7900
 RETRIES = 8
 """How many times a call that hit a deadlock or a serialization failure is run again."""
 MIGRATION_LOCK = 0x466C6F77  # pg_advisory_xact_lock key: one process migrates at a time
+EVENT_ORDER_LOCK = 0x466C6F78
+"""pg_advisory_xact_lock key held by a transaction from its first write (or row-locking read) to its
+commit. Events are read in id order (``events_after(cursor)``: ``logs``, ``run``, the TUI), and an id
+is taken when the row is inserted: two transactions writing at once could commit their events out
+of id order, and a reader whose cursor passed the later one would never see the earlier. Taking
+turns from the first write keeps ids in commit order. Reads, and a claim's choice of rows (SKIP
+LOCKED), still run side by side."""
 POOL_SIZE = 10
 """Connections per process (each transaction in flight holds one)."""
 
@@ -126,6 +133,16 @@ class _Transaction:
     connection: Any  # asyncpg.Connection (a pool's proxy)
     notes: set[Note] = field(default_factory=set)
     events: list[tuple[Any, ...]] = field(default_factory=list)
+    in_turn: bool = False  # holds EVENT_ORDER_LOCK
+
+
+_WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
+def _takes_turn(sql: str) -> bool:
+    """Whether a statement may write events or waits for row locks (then it runs in turn)."""
+    head = sql.lstrip()[:6].upper()
+    return head in _WRITES or (" FOR NO KEY UPDATE" in sql and "SKIP LOCKED" not in sql)
 
 
 class PostgresEngine:
@@ -207,6 +224,7 @@ class PostgresEngine:
                     async with connection.transaction():
                         yield
                         if state.events:
+                            await self._in_turn(state)
                             await connection.executemany(
                                 "INSERT INTO events (flow_id, root, kind, data, at) VALUES ($1, $2, $3, $4, $5)",
                                 state.events)
@@ -228,6 +246,7 @@ class PostgresEngine:
                         if not notes:
                             return list(await connection.fetch(text, *params))
                         async with connection.transaction():
+                            await connection.execute(f"SELECT pg_advisory_xact_lock({EVENT_ORDER_LOCK})")
                             rows = list(await connection.fetch(text, *params))
                             if rows:
                                 await self._notify(connection, notes)
@@ -244,6 +263,7 @@ class PostgresEngine:
         """A write inside ``transaction()``; returns the number of rows it changed."""
         state = self._state()
         with self._availability():
+            await self._in_turn(state)
             status = await state.connection.execute(numbered(sql), *params)
         count = status.rsplit(" ", 1)[-1]
         return int(count) if count.isdigit() else 0
@@ -254,6 +274,11 @@ class PostgresEngine:
 
     def event(self, flow_id: str, root: str, kind: str, data: dict[str, Any]) -> None:
         self._state().events.append((flow_id, root, kind, dumps(data), time.time()))
+
+    async def _in_turn(self, state: _Transaction) -> None:
+        if not state.in_turn:
+            await state.connection.execute(f"SELECT pg_advisory_xact_lock({EVENT_ORDER_LOCK})")
+            state.in_turn = True
 
     def _state(self) -> _Transaction:
         state = self._current.get()
@@ -308,6 +333,8 @@ class PostgresEngine:
         state = self._current.get()
         with self._availability():
             if state is not None:
+                if _takes_turn(sql):
+                    await self._in_turn(state)
                 return list(await state.connection.fetch(numbered(sql), *params))
             async with self.pool.acquire(timeout=self.busy_seconds) as connection:
                 return list(await connection.fetch(numbered(sql), *params))

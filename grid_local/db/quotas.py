@@ -184,9 +184,10 @@ class Quotas:
         none whose ancestry is at its running limit (``quota_tree.fair_pick``)."""
         # The nodes first: on PostgreSQL their rows are locked, so that claimers under a running limit
         # take turns (each must count the others' claims) while the others claim side by side.
-        nodes = await self.engine.all(
-            "SELECT path, running, share FROM quota_nodes WHERE running IS NOT NULL OR share != 1 ORDER BY path"
-            f"{self.engine.dialect.lock()}")
+        shaping = "SELECT path, running, share FROM quota_nodes WHERE running IS NOT NULL OR share != 1 ORDER BY path"
+        nodes = await self.engine.all(shaping)
+        if any(r["running"] is not None for r in nodes) and self.engine.dialect.lock():
+            nodes = await self.engine.all(shaping + self.engine.dialect.lock())
         queued = [qt.Queued(r["id"], r["quota"], r["created"])
                   for r in await self.engine.all(self.engine.dialect.claim_queue(), limit)]
         if not queued:

@@ -95,7 +95,7 @@ async def test_a_claim_skips_the_flows_another_claimer_holds_instead_of_waiting(
         flows = await _runnable_flows(first, 6)
         async with first.engine.transaction():  # a claimer in the middle of its claim, holding 3 flows
             held = {r["id"] for r in await first.engine.all(
-                "SELECT id FROM flows ORDER BY created LIMIT 3 FOR NO KEY UPDATE")}
+                "SELECT id FROM flows ORDER BY created LIMIT 3 FOR NO KEY UPDATE SKIP LOCKED")}
             tasks = await asyncio.wait_for(second.claim("w.b", 6), 10)
             assert {t["id"] for t in tasks} == flows - held
         assert {t["id"] for t in await second.claim("w.b", 6)} == held
