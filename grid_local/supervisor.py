@@ -25,8 +25,10 @@ from typing import IO, Any
 
 from grid_local.api.wire import WireClient, WireError
 from grid_local.api.worker_auth import TOKEN_ENV, auth_headers, new_token
+from grid_local.connectors import sandbox
 from grid_local.db.startup import prepare_flow_db
 from grid_local.home import GridPaths, die_with_parent, is_supervisor_of, pid_alive, process_identity
+from grid_local.isolation import SANDBOX_CHOICES, Isolation
 from grid_local.layout import Layout, read_token_file
 from grid_local.worker.settings import WorkerSettings
 
@@ -104,8 +106,9 @@ API_ROLES = ("worker-api", "client-api")
 class Supervisor:
     def __init__(self, paths: GridPaths, workers: int, host: str, client_port: int, tokens: Path | None,
                  worker_settings: WorkerSettings | None = None, clock: str = "real",
-                 layout: Layout | None = None) -> None:
+                 layout: Layout | None = None, isolation: Isolation | None = None) -> None:
         self.paths = paths
+        self.isolation = isolation or Isolation.for_grid(host, bool(tokens))
         self.clock = clock  # the time flows see: real, or virtual (grid_local/db/clock.py)
         self.layout = layout or Layout()
         self.workers = workers if self.layout.has("workers") else 0
@@ -200,7 +203,7 @@ class Supervisor:
             for role in ("clock", "http", "inbox", "resources"):
                 self.children.append(Child(f"connector:{role}", role,
                                            [python, "-m", f"grid_local.connectors.{role}", "--api", urls,
-                                            "--name", role, "--home", home]))
+                                            "--name", role, "--home", home, *self.isolation.argv()]))
 
     @property
     def api_children(self) -> list[Child]:
@@ -247,6 +250,7 @@ class Supervisor:
             "worker_urls": self.worker_urls if self.layout.has("worker-api") else [],
             "components": sorted(self.layout.components),
             "db": self.paths.flow_db_label, "home": str(self.paths.home), "auth": bool(self.tokens), "clock": self.clock,
+            "isolation": self.isolation.describe(),
             "processes": [
                 {"role": "supervisor", "name": "supervisor", "pid": os.getpid(), "id": "supervisor",
                  "started": self._started, "restarts": 0},
@@ -257,6 +261,8 @@ class Supervisor:
     def start(self, attempts: int = 3) -> None:
         self._started = time.time()
         self._identity = process_identity(os.getpid())
+        if self.isolation.sandbox and self.layout.has("connectors"):
+            sandbox.check_available()  # a grid that must sandbox exec does not start without one
         self.prepare_db()
         kept = read_token_file(self.layout.worker_token_file) if self.layout.worker_token_file else None
         # The Worker API's credential for this grid's life (or the one kept across its starts).
@@ -479,7 +485,7 @@ def remove_stale_state(paths: GridPaths) -> None:
 def start_background(
     paths: GridPaths, workers: int | None = None, listen: str | None = None, tokens: Path | None = None,
     timeout: float = 30.0, worker_settings: WorkerSettings | None = None, clock: str = "real",
-    layout: Layout | None = None,
+    layout: Layout | None = None, sandbox: str = "auto", http_allow: str = "",
 ) -> dict[str, Any]:
     """Start a supervisor detached from this process and wait until its grid is ready."""
     argv = [sys.executable, "-m", "grid_local.supervisor", "--home", str(paths.home)]
@@ -496,6 +502,10 @@ def start_background(
         argv += ["--tokens", str(tokens.resolve())]
     if clock != "real":
         argv += ["--clock", clock]
+    if sandbox != "auto":
+        argv += ["--sandbox", sandbox]
+    if http_allow:
+        argv += ["--http-allow", http_allow]
     if paths.db_url:
         argv += ["--db", paths.db_url]
     paths.logs.mkdir(parents=True, exist_ok=True)
@@ -552,14 +562,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=Path, default=None)
     parser.add_argument("--clock", choices=["real", "virtual"], default="real")
     parser.add_argument("--db", default=None, help="postgresql://USER@HOST:PORT/DB (default: flow.db in the home)")
+    parser.add_argument("--sandbox", choices=SANDBOX_CHOICES, default="auto")
+    parser.add_argument("--http-allow", default="")
     WorkerSettings.add_arguments(parser)
     options = parser.parse_args(argv)
     try:
         layout = Layout.from_options(options)
+        isolation = Isolation.for_grid(options.host, bool(options.tokens), options.sandbox, options.http_allow)
     except ValueError as exc:
         parser.exit(2, f"error: {exc}\n")
     supervisor = Supervisor(GridPaths(options.home, options.db), options.workers, options.host, options.port, options.tokens,
-                            WorkerSettings.from_options(options), options.clock, layout)
+                            WorkerSettings.from_options(options), options.clock, layout, isolation)
     if not supervisor.acquire_lock():
         print(f"error: a grid is already running for {options.home}", file=sys.stderr)
         sys.exit(2)

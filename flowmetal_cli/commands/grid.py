@@ -12,7 +12,8 @@ from flowmetal_cli import console
 from flowmetal_cli.client import GridClient, GridUnreachable
 from grid_local.api.worker_auth import TOKEN_FILE
 from grid_local.home import GridPaths, pid_alive
-from grid_local.layout import COMPONENTS, Layout, LayoutError, parse_listen, parse_only, read_token_file
+from grid_local.isolation import Isolation
+from grid_local.layout import COMPONENTS, Layout, parse_listen, parse_only, read_token_file
 from grid_local.supervisor import main as supervisor_main
 from grid_local.supervisor import running_state, start_background, stop_background, workers_elsewhere
 from grid_local.worker.settings import WorkerSettings
@@ -41,6 +42,8 @@ def up(
     worker_listen: Annotated[str | None, typer.Option("--worker-listen", help="Serve the Worker API on HOST:PORT, for workers and connectors on other machines (replica i on PORT+i).")] = None,
     db: Annotated[str | None, typer.Option("--db", help="Keep the Flow DB on PostgreSQL: postgresql://USER@HOST:PORT/DB (the database must exist; the password from PGPASSWORD or ~/.pgpass). Default: flow.db in $FLOWMETAL_HOME.")] = None,
     worker_token_file: Annotated[Path | None, typer.Option("--worker-token-file", help="Keep this Worker API credential across grid starts (workers elsewhere hold a copy) instead of a new one each start.", exists=True, dir_okay=False)] = None,
+    sandbox: Annotated[str, typer.Option("--sandbox", help="auto: workspace commands run under bubblewrap on a shared grid (--listen beyond loopback, or --tokens); exec: on this grid too.")] = "auto",
+    http_allow: Annotated[str, typer.Option("--http-allow", metavar="CIDR,...", help="Loopback, link-local or private networks a shared grid's http action may reach (refused otherwise; the grid's own APIs always are).")] = "",
 ) -> None:
     """Start the local grid (APIs, workers, connectors) under $FLOWMETAL_HOME.
 
@@ -59,6 +62,8 @@ def up(
       flowmetal grid up --no-workers --worker-apis 2 --worker-listen 0.0.0.0:8471 --worker-token-file wt.token
 
       flowmetal grid up --only api --listen 0.0.0.0:8470 --tokens tokens.toml
+
+      flowmetal grid up --listen 0.0.0.0:8470 --tokens tokens.toml --http-allow 10.1.0.0/16
 
       flowmetal grid up --db postgresql://flowmetal@db.example.com:5432/flowmetal
     """
@@ -82,7 +87,8 @@ def up(
                         worker_port=worker_port, worker_token_file=worker_token_file)
         if worker_token_file:
             read_token_file(worker_token_file)
-    except LayoutError as exc:
+        Isolation.for_grid(listen.rpartition(":")[0] if listen else "127.0.0.1", bool(tokens), sandbox, http_allow)
+    except ValueError as exc:  # (a LayoutError is one)
         console.fail(str(exc), console.EXIT_USAGE)
     settings = WorkerSettings(slots=slots, max_waiting=max_waiting, memory_mib=worker_memory,
                               max_eval_budget=max_eval_budget, max_callstack=max_callstack,
@@ -100,11 +106,11 @@ def up(
             argv += ["--tokens", str(tokens.resolve())]
         if db:
             argv += ["--db", db]
-        supervisor_main([*argv, "--clock", clock])
+        supervisor_main([*argv, "--clock", clock, "--sandbox", sandbox, "--http-allow", http_allow])
         return
     try:
         state = start_background(paths, workers=workers, listen=listen, tokens=tokens, worker_settings=settings,
-                                 clock=clock, layout=layout)
+                                 clock=clock, layout=layout, sandbox=sandbox, http_allow=http_allow)
     except RuntimeError as exc:
         console.fail(str(exc), console.EXIT_UNREACHABLE)
     typer.echo(describe_up(state, paths, layout, workers if layout.has("workers") else 0, clock))

@@ -19,6 +19,7 @@ from typing import Any
 
 from grid_local.api.wire import WireClient, WireError, exit_if_refused, until_answered
 from grid_local.errors import ArgumentError
+from grid_local.isolation import Isolation
 from grid_local.runtime import journal as jr
 from grid_local.secret_refs import mask, substitute
 
@@ -28,6 +29,7 @@ def connector_args(role: str, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--api", required=True, help="Worker API base URL, or several: URL,URL2,... (replicas)")
     parser.add_argument("--name", default=role)
     parser.add_argument("--home", default=None, help="The grid's FLOWMETAL_HOME (for connectors keeping files)")
+    Isolation.add_arguments(parser)
     options = parser.parse_args(argv)
     options.executor = f"{options.name}.{os.getpid()}"
 

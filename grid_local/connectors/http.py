@@ -1,4 +1,6 @@
-"""The HTTP connector: performs ``http`` actions with httpx, each under its request's timeout.
+"""The HTTP connector: performs ``http`` actions with httpx, each under its request's timeout and the
+grid's egress policy (``egress.py``: never the grid's own APIs; on a shared grid, no private address
+outside ``--http-allow``; every redirect hop checked again).
 
 A request is leased to this process when claimed. If the process dies before recording the
 result, the request is declared failed ("interrupted") - never silently sent again.
@@ -6,19 +8,17 @@ result, the request is declared failed ("interrupted") - never silently sent aga
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from grid_local.api.wire import split_urls
 from grid_local.connectors.base import api_client, check_in, connector_args, serve_requests
-from grid_local.home import GridPaths
+from grid_local.connectors.egress import EgressPolicy, OwnApis, PolicyTransport, Refused
+from grid_local.isolation import Isolation
 from grid_local.runtime import journal as jr
 
 MAX_BODY = 8 * 1024 * 1024
@@ -35,57 +35,13 @@ def crash_point(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-class OwnAddress(Exception):
-    """A request (or a redirect) to one of this grid's own APIs: flows never reach those."""
-
-
-class OwnApis:
-    """The grid's own endpoints (its Worker API and Client API ports on any address of this machine),
-    refused for every request and every redirect hop (an httpx request hook)."""
-
-    def __init__(self, worker_urls: str, home: Path | None) -> None:
-        self.worker_ports = {port for port in (httpx.URL(url).port for url in split_urls(worker_urls)) if port}
-        self.paths = GridPaths(home) if home else None
-
-    def ports(self) -> set[int]:
-        ports = set(self.worker_ports)
-        state = self.paths.read_state() if self.paths else None
-        for url in [(state or {}).get("url"), *((state or {}).get("worker_urls") or [])]:
-            port = httpx.URL(str(url or "http://x")).port
-            if port:
-                ports.add(port)
-        return ports
-
-    def check(self, request: httpx.Request) -> None:
-        port = request.url.port or (443 if request.url.scheme == "https" else 80)
-        if port not in self.ports():
-            return
-        try:
-            infos = socket.getaddrinfo(request.url.host, port, proto=socket.IPPROTO_TCP)
-        except OSError:
-            return  # it cannot be reached at all; httpx says so
-        local = _local_addresses()
-        for info in infos:
-            address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-            if address.is_loopback or address.is_unspecified or str(address) in local:
-                raise OwnAddress(f"http: refused: {request.url.host}:{port} is this grid's own API "
-                                 "(flows never call the grid's internal endpoints)")
-
-
-def _local_addresses() -> set[str]:
-    try:
-        return set(socket.gethostbyname_ex(socket.gethostname())[2])
-    except OSError:
-        return set()
-
-
 def perform(client: httpx.Client, args: dict[str, Any]) -> dict[str, Any]:
     try:
         response = client.request(
             args.get("method", "GET"), args["url"], headers=args.get("headers") or {},
             content=args.get("body"), json=args.get("json"), timeout=float(args.get("timeout") or 30),
         )
-    except OwnAddress as exc:
+    except Refused as exc:  # the egress policy's one line
         return jr.err(str(exc))
     except httpx.TimeoutException:
         return jr.err(f"http: timeout after {args.get('timeout') or 30} s: {args.get('method')} {args['url']}")
@@ -105,8 +61,10 @@ def perform(client: httpx.Client, args: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     options = connector_args("http", argv)
-    own = OwnApis(options.api, Path(options.home) if options.home else None)
-    outside = httpx.Client(follow_redirects=True, event_hooks={"request": [own.check]})
+    isolation = Isolation.from_options(options)
+    policy = EgressPolicy(OwnApis(options.api, Path(options.home) if options.home else None),
+                          shared=isolation.shared, allow=isolation.http_allow)
+    outside = httpx.Client(follow_redirects=True, transport=PolicyTransport(policy))
 
     def run(request: dict[str, Any]) -> dict[str, Any]:
         crash_point("before")

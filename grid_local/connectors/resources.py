@@ -23,7 +23,9 @@ from grid_local.api.worker_auth import TOKEN_ENV
 from grid_local.connectors.base import api_client, check_in, connector_args, serve_requests
 from grid_local.connectors.containers import Containers, EngineUnavailable, grid_label
 from grid_local.connectors.exec_marks import MARK_ENV, kill_group, kill_marked, mark
+from grid_local.connectors.sandbox import Sandbox
 from grid_local.home import die_with_parent
+from grid_local.isolation import Isolation
 from grid_local.runtime import journal as jr
 from grid_local.secret_refs import KEY_ENV, mask
 
@@ -35,9 +37,10 @@ KINDS = ("workspace", "docker")
 
 
 class Workspaces:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, sandbox: Sandbox | None = None) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.sandbox = sandbox  # commands run under bubblewrap (a shared grid), else as the grid's user
 
     def open(self, flow_id: str, args: dict[str, Any]) -> dict[str, Any]:
         name = str(args.get("name", ""))
@@ -61,12 +64,17 @@ class Workspaces:
         if not _NAME.match(owner) or not _NAME.match(name) or not path.is_dir():
             return jr.err(f"exec: workspace '{resource.get('name')}' is not open (it may have been closed)")
         timeout = float(args.get("timeout") or 60)
-        env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, MARK_ENV, TOKEN_ENV)}
-        env.update({str(k): str(v) for k, v in (args.get("env") or {}).items()})
+        given = {str(k): str(v) for k, v in (args.get("env") or {}).items()}
+        if self.sandbox:
+            env = self.sandbox.environment(path, given, dict(os.environ))
+        else:
+            env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, MARK_ENV, TOKEN_ENV)}
+            env.update(given)
         if tag:
             env[MARK_ENV] = tag
+        command = self.sandbox.command(path, argv) if self.sandbox else argv
         try:
-            process = subprocess.Popen(argv, cwd=path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            process = subprocess.Popen(command, cwd=path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, env=env,
                                        start_new_session=True)
         except FileNotFoundError:
@@ -93,6 +101,8 @@ class Workspaces:
             reader.join(timeout=5)
         if timed_out:
             return jr.err(f"exec: {argv[0]} timed out after {timeout:g} s")
+        if self.sandbox and self.sandbox.not_found(process.returncode, output.get("stderr", b"")):
+            return jr.err(f"exec: command not found: {argv[0]}")
         return jr.ok({
             "exit_code": process.returncode,
             "stdout": output.get("stdout", b"")[-MAX_OUTPUT:].decode("utf-8", "replace"),
@@ -118,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     options = connector_args("resources", argv)
     if not options.home:
         raise SystemExit("the resources connector needs --home")
-    workspaces = Workspaces(Path(options.home) / "workspaces")
+    home = Path(options.home)
+    sandbox = Sandbox(hide=[home]) if Isolation.from_options(options).sandbox else None
+    workspaces = Workspaces(home / "workspaces", sandbox)
     grid = grid_label(Path(options.home))
 
     def stop(*_: Any) -> None:  # the grid stops: nothing an exec started outlives it

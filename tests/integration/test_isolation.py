@@ -6,6 +6,7 @@ One grid for the module with a tokens file (web under /acme/web, ci under /acme/
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,7 +102,9 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
     project.mkdir()
     (project / "flowmetal.toml").write_text('[project]\nname = "isolation"\n')
     try:
-        state = start_background(paths, workers=2, listen=f"127.0.0.1:{free_port()}", tokens=tokens)
+        # The allow list opens one loopback address (servers on 127.0.0.2); 127.0.0.1 stays refused.
+        state = start_background(paths, workers=2, listen=f"127.0.0.1:{free_port()}", tokens=tokens,
+                                 http_allow="127.0.0.2/32")
         yield Shared(str(state["url"]), paths, project)
     finally:
         stop_grid(paths)
@@ -252,45 +255,63 @@ def test_bundles_and_deployments_belong_to_their_quota_node(shared: Shared) -> N
 
 CALLS_HOME = """
 if __name__ == "__flow__":
-    a = fctx().args
-    for url in [a.worker + "/v1/health", a.client + "/v1/health", a.redirect, a.fine]:
+    for url in fctx().args.urls:
         r = fctx().actions.http("GET", url, check = False)
         print(r.ok, r.value.status if r.ok else r.error)
 """
 
 
 class Redirect(QuietJsonHandler):
-    target = ""
+    """/hop?to=URL redirects there; anything else answers 200."""
 
     def do_GET(self) -> None:
-        if self.path.startswith("/hop"):
+        if self.path.startswith("/hop?to="):
             self.send_response(302)
-            self.send_header("location", Redirect.target)
+            self.send_header("location", self.path.split("=", 1)[1])
             self.send_header("content-length", "0")
             self.end_headers()
             return
         self.send_json(200, {"ok": True})
 
 
-def test_a_flow_cannot_call_the_grids_own_apis(shared: Shared) -> None:
+def test_a_flows_http_follows_the_shared_grids_egress_policy(shared: Shared) -> None:
     state = shared.paths.read_state()
     assert state is not None
-    Redirect.target = f"{state['worker_url']}/v1/health"
-    server = LoopbackServer(Redirect)
+    allowed = LoopbackServer(Redirect, host="127.0.0.2")  # in the grid's --http-allow
+    inward = LoopbackServer(Redirect)  # 127.0.0.1: loopback, refused on a shared grid
+    worker = state["worker_url"]
+    urls = [f"{worker}/v1/health", f"{shared.url}/v1/health", f"{allowed.url}/hop?to={worker}/v1/health",
+            allowed.url, inward.url, f"{allowed.url}/hop?to={inward.url}/", f"http://localhost:{inward.port}/",
+            "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1:9/"]
     try:
-        flow_id = shared.start("web-token", "calls-home.flow", CALLS_HOME, {
-            "worker": state["worker_url"], "client": shared.url, "redirect": f"{server.url}/hop", "fine": server.url})
+        flow_id = shared.start("web-token", "calls-home.flow", CALLS_HOME, {"urls": urls})
         web = shared.client("web-token")
         assert wait_finished(web, flow_id)["status"] == "completed", web.get_flow(flow_id)
         lines = logs(web, flow_id)
     finally:
-        server.close()
-    worker_port, client_port = httpx.URL(state["worker_url"]).port, httpx.URL(shared.url).port
-    assert lines[0] == f"False http: refused: 127.0.0.1:{worker_port} is this grid's own API " \
-                       "(flows never call the grid's internal endpoints)", lines
-    assert lines[1].startswith(f"False http: refused: 127.0.0.1:{client_port} is this grid's own API"), lines
-    assert lines[2].startswith(f"False http: refused: 127.0.0.1:{worker_port}"), lines  # checked at each hop
-    assert lines[3] == "True 200", lines  # other loopback services stay reachable on the local grid
+        allowed.close()
+        inward.close()
+    worker_port, client_port = httpx.URL(worker).port, httpx.URL(shared.url).port
+    refused = "is a loopback address: a shared grid reaches loopback, link-local and private addresses only " \
+              "where its --http-allow says"
+    assert lines[:6] + ["localhost"] + lines[7:] == [
+        f"False http: refused: 127.0.0.1:{worker_port} is this grid's own API "
+        "(flows never call the grid's internal endpoints)",
+        f"False http: refused: 127.0.0.1:{client_port} is this grid's own API "
+        "(flows never call the grid's internal endpoints)",
+        f"False http: refused: 127.0.0.1:{worker_port} is this grid's own API "  # checked again at each hop
+        "(flows never call the grid's internal endpoints)",
+        "True 200",  # the allow list opens 127.0.0.2
+        f"False http: refused: 127.0.0.1:{inward.port} {refused}",
+        f"False http: refused: 127.0.0.1:{inward.port} {refused}",  # an allowed server cannot redirect inward
+        "localhost",  # (below)
+        f"False http: refused: 169.254.169.254:80 is a link-local address: a shared grid reaches loopback, "
+        "link-local and private addresses only where its --http-allow says",
+        f"False http: refused: 10.0.0.1:9 is a private address: a shared grid reaches loopback, "
+        "link-local and private addresses only where its --http-allow says",
+    ], lines
+    # A name: every address it resolves to is checked (127.0.0.1 or ::1 first, as the resolver says).
+    assert re.fullmatch(rf"False http: refused: localhost:{inward.port} \((127\.0\.0\.1|::1)\) {refused}", lines[6])
 
 
 def test_the_worker_api_needs_the_grids_credential_which_flows_never_see(shared: Shared) -> None:
@@ -351,3 +372,104 @@ def test_hooks_and_schedules_of_another_tenant_answer_as_unknown_ones(shared: Sh
         assert taken.json()["message"].startswith(f"{name} {own} belongs to a quota node outside /acme/web")
         kept = raw(shared, "ci-token", "GET", f"/v1/{kind}/{own}").json()
         assert (kept["deployment"], kept["quota"]) == ("ci-dep", "/acme/ci"), kept
+
+
+CI_WORKSPACE = """
+load("pkg.flowmetal.io/workspace/v1", "workspace", "exec")
+
+def _hold_impl(fctx):
+    exec(fctx.resources.ws, "sh", "-c", "echo ci-private > secret.txt")
+    print("holding", fctx.resources.ws["path"])
+    fctx.actions.receive(timeout = 120)
+
+hold = flow(implementation = _hold_impl, resources = {"ws": lambda fctx: workspace()})
+
+if __name__ == "__flow__":
+    hold()
+"""
+
+# What a sandboxed command tries: read the grid's files with python3, list the home, call the Worker
+# API, and leave processes behind (nohup; one that clears its environment and leaves the session).
+PROBE = '''
+load("pkg.flowmetal.io/workspace/v1", "workspace", "exec")
+
+READ = """
+import sys
+for path in sys.argv[1:]:
+    try:
+        open(path, "rb").read(1)
+        print("read", path)
+    except OSError as exc:
+        print("refused", path, type(exc).__name__)
+"""
+
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout = 5)
+    print("connected")
+except OSError as exc:
+    print("no connection", type(exc).__name__)
+"""
+
+def _probe_impl(fctx):
+    a, ws = fctx.args, fctx.resources.ws
+    print(exec(ws, "python3", "-c", READ, *a.paths).stdout.strip())
+    print("home:", " ".join(exec(ws, "find", a.home, "-maxdepth", "3").stdout.split()))
+    print(exec(ws, "python3", "-c", CONNECT, str(a.port)).stdout.strip())
+    left = "nohup sleep 6007 > /dev/null 2>&1 & env -i setsid -f sleep 6008 > /dev/null 2>&1; echo started"
+    print(exec(ws, "sh", "-c", left).stdout.strip())
+    print("own", exec(ws, "sh", "-c", "echo mine > f.txt; cat f.txt").stdout.strip(), fctx.flow_id)
+
+probe = flow(implementation = _probe_impl, resources = {"ws": lambda fctx: workspace()})
+
+if __name__ == "__flow__":
+    probe(paths = fctx().args.paths, home = fctx().args.home, port = fctx().args.port)
+'''
+
+
+def sleeping(*durations: str) -> list[int]:
+    """Pids of this machine's `sleep D` processes (any namespace: /proc here shows them all)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if entry.name.isdigit() and argv[:1] and argv[0].endswith(b"sleep") and argv[1:2] and \
+                argv[1].decode() in durations:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_sandboxed_command_sees_only_its_workspace_and_leaves_nothing(shared: Shared) -> None:
+    ci, web = shared.client("ci-token"), shared.client("web-token")
+    holder = shared.start("ci-token", "ci-workspace.flow", CI_WORKSPACE)
+    ci_path = wait_for_line(ci, holder, "holding ").split()[1]
+    home = shared.paths.home
+    state = shared.paths.read_state()
+    assert state is not None and state["isolation"]["sandbox"] == "exec"
+    secret_files = [home / "secrets.key", home / "worker-api.token"]
+    raw(shared, "ci-token", "PUT", "/v1/secrets/ci-only", json={"value": "ci-value-1"})
+    paths = [str(shared.paths.db), f"{shared.paths.db}-wal", *map(str, secret_files), f"{ci_path}/secret.txt"]
+    assert all(Path(p).exists() for p in paths), paths  # all there, readable by the grid's user
+
+    probe = shared.start("web-token", "probe.flow", PROBE,
+                         {"paths": paths, "home": str(home), "port": httpx.URL(state["worker_url"]).port})
+    assert wait_finished(web, probe, timeout=60)["status"] == "completed", web.get_flow(probe)
+    lines = "\n".join(logs(web, probe)).splitlines()
+    assert lines[:len(paths)] == [f"refused {p} FileNotFoundError" for p in paths], lines
+    own_line = lines[-1].split()
+    assert own_line[:2] == ["own", "mine"], lines
+    # The home shows nothing but this flow's own workspace (which is its child's: probe opened it).
+    shown = lines[len(paths)].split()[1:]
+    assert shown[:2] == [str(home), str(home / "workspaces")] and len(shown) == 4, shown
+    assert shown[3].endswith("/ws") and Path(shown[3]).parent.parent == home / "workspaces", shown
+    assert lines[len(paths) + 1] == "no connection ConnectionRefusedError", lines  # no network but its own
+    assert lines[len(paths) + 2] == "started", lines
+    deadline = time.monotonic() + 20
+    while sleeping("6007", "6008") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sleeping("6007", "6008") == [], "a process a sandboxed command started outlived it"
+    assert Path(ci_path, "secret.txt").read_text() == "ci-private\n"  # untouched
+    ci.cancel(holder)
