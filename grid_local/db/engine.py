@@ -118,7 +118,25 @@ def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-class SqliteEngine:
+class RowReads:
+    """``one`` and ``the``, derived from an engine's ``all`` (the same on every engine)."""
+
+    async def all(self, sql: str, *params: Any) -> list[Row]:
+        raise NotImplementedError
+
+    async def one(self, sql: str, *params: Any) -> Row | None:
+        rows = await self.all(sql, *params)
+        return rows[0] if rows else None
+
+    async def the(self, sql: str, *params: Any) -> Row:
+        """The one row a query must find (inside a transaction that already established it exists)."""
+        row = await self.one(sql, *params)
+        if row is None:
+            raise NotFoundError(f"no row for {sql} {params}")
+        return row
+
+
+class SqliteEngine(RowReads):
     """One process's connection to the Flow DB file."""
 
     dialect = SQLITE_DIALECT
@@ -232,17 +250,6 @@ class SqliteEngine:
 
     # Statements always run to completion and close: an open one would pin a stale read snapshot,
     # and a later BEGIN IMMEDIATE on this connection would fail with "database is locked" at once.
-    async def one(self, sql: str, *params: Any) -> Row | None:
-        rows = await self.all(sql, *params)
-        return rows[0] if rows else None
-
-    async def the(self, sql: str, *params: Any) -> Row:
-        """The one row a query must find (inside a transaction that already established it exists)."""
-        row = await self.one(sql, *params)
-        if row is None:
-            raise NotFoundError(f"no row for {sql} {params}")
-        return row
-
     async def all(self, sql: str, *params: Any) -> list[Row]:
         # One trip to the connection's thread (execute, fetch and close together): in a VM each
         # cross-thread hand-off costs far more than the query itself.

@@ -39,9 +39,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from grid_local.db.engine import BUSY_SECONDS, Dialect, Note, Row, dumps
+from grid_local.db.engine import BUSY_SECONDS, Dialect, Note, Row, RowReads, dumps
 from grid_local.db.schema_postgres import MIGRATIONS
-from grid_local.errors import NotFoundError, StoreError
+from grid_local.errors import StoreError
 
 CHANNEL = "flowmetal_commits"
 """The one NOTIFY channel of a Flow DB: every commit's notes."""
@@ -145,7 +145,7 @@ def _takes_turn(sql: str) -> bool:
     return head in _WRITES or (" FOR NO KEY UPDATE" in sql and "SKIP LOCKED" not in sql)
 
 
-class PostgresEngine:
+class PostgresEngine(RowReads):
     """One process's pool of connections to a Flow DB on a PostgreSQL server."""
 
     dialect: Dialect = PG_DIALECT
@@ -317,16 +317,6 @@ class PostgresEngine:
         return retrying
 
     # -- reading --------------------------------------------------------------------------------
-
-    async def one(self, sql: str, *params: Any) -> Row | None:
-        rows = await self.all(sql, *params)
-        return rows[0] if rows else None
-
-    async def the(self, sql: str, *params: Any) -> Row:
-        row = await self.one(sql, *params)
-        if row is None:
-            raise NotFoundError(f"no row for {sql} {params}")
-        return row
 
     async def all(self, sql: str, *params: Any) -> list[Row]:
         """Inside a transaction, on its connection; otherwise on any pooled one (committed data only)."""
