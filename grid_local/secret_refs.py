@@ -2,16 +2,24 @@
 
 A flow's ``fctx.secrets.<alias>`` is the string ``{{flowmetal.secret:<name>}}``. A connector
 substitutes the value for the reference as it performs a request, and masks every occurrence of
-the value in the result (``***``) before it is recorded.
+the value in the result (``***``) before it is recorded: the value itself and its common encodings
+(base64 standard and URL-safe, padded or not, also where the value sits inside a longer encoded text
+such as ``user:value``; percent-encoding; hex; a JSON string's escapes).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 REFERENCE = re.compile(r"\{\{flowmetal\.secret:([A-Za-z0-9][A-Za-z0-9_.-]{0,127})\}\}")
 MASK = "***"
+MIN_ENCODED = 6
+"""An encoding of a value shorter than this is not masked (too likely to be ordinary text); the value
+itself always is."""
 KEY_ENV = "FLOWMETAL_SECRETS_KEY"
 """Where a grid may take its secrets key from (never handed on to the commands exec runs)."""
 
@@ -31,15 +39,51 @@ def substitute(value: Any, values: dict[str, str]) -> Any:
     return value
 
 
+def _base64_forms(raw: bytes) -> set[str]:
+    """The value's base64, standard and URL-safe, padded and not; and, for each of the three offsets the
+    value can start at inside a longer text (``user:value`` for HTTP Basic), the run of characters that
+    encode only the value's bytes (the characters at its edges mix in neighbouring bytes)."""
+    forms: set[str] = set()
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        whole = encode(raw).decode()
+        forms |= {whole, whole.rstrip("=")}
+        for skip in range(3):
+            aligned = raw[skip:]
+            forms.add(encode(aligned[: len(aligned) // 3 * 3]).decode())
+    return forms
+
+
+def _percent_forms(secret: str) -> set[str]:
+    forms = {quote(secret, safe=""), quote(secret), quote_plus(secret)}
+    return forms | {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), f) for f in forms}
+
+
+def encodings(secret: str) -> list[str]:
+    """What ``mask`` replaces for one secret: the value and its common encodings, longest first."""
+    if not secret:
+        return []
+    raw = secret.encode()
+    forms = _base64_forms(raw) | _percent_forms(secret) | {raw.hex(), raw.hex().upper()}
+    forms |= {json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    kept = {f for f in forms if len(f) >= MIN_ENCODED} | {secret}
+    return sorted(kept, key=lambda f: (-len(f), f))
+
+
 def mask(value: Any, values: dict[str, str]) -> Any:
-    """``value`` with every occurrence of a secret's value replaced by ``***`` (before it is recorded)."""
+    """``value`` with every occurrence of a secret's value, or of one of its encodings, replaced by
+    ``***`` (before it is recorded)."""
+    forms = sorted({f for secret in values.values() for f in encodings(secret)}, key=lambda f: (-len(f), f))
+    return _masked(value, forms) if forms else value
+
+
+def _masked(value: Any, forms: list[str]) -> Any:
     if isinstance(value, str):
-        for secret in sorted(values.values(), key=len, reverse=True):
-            if secret:
-                value = value.replace(secret, MASK)
+        for form in forms:
+            if form in value:
+                value = value.replace(form, MASK)
         return value
     if isinstance(value, list):
-        return [mask(v, values) for v in value]
+        return [_masked(v, forms) for v in value]
     if isinstance(value, dict):
-        return {mask(k, values): mask(v, values) for k, v in value.items()}
+        return {_masked(k, forms): _masked(v, forms) for k, v in value.items()}
     return value

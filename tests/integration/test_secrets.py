@@ -3,6 +3,7 @@ environment, masked in what is recorded, and nowhere in the Flow DB file, its WA
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -163,3 +165,94 @@ def test_a_secret_in_a_containers_exec_env_is_masked_in_its_streamed_log(grid: G
         assert not [line for line in lines if VALUE in line]
     finally:
         docker_engine.remove_all_of(grid.paths.home)
+
+
+ENCODED_VALUE = "s3?>>cr3t/Va??lue+7f1d"  # its base64 has "/" and padding; percent-encoding changes it
+
+
+def encoded_forms(value: str) -> dict[str, bytes]:
+    """The value and the encodings an echo may carry it in, as bytes to look for in files."""
+    raw = value.encode()
+    forms = {"plain": raw, "base64": base64.b64encode(raw), "base64url": base64.urlsafe_b64encode(raw),
+             "hex": raw.hex().encode(), "HEX": raw.hex().upper().encode(),
+             "percent": quote(value, safe="").encode(), "basic": base64.b64encode(b"user:" + raw)}
+    forms |= {f"{k}-unpadded": v.rstrip(b"=") for k, v in list(forms.items()) if k.startswith("base64")}
+    assert len(set(forms.values())) == len(forms), forms  # each a distinct thing to look for
+    return forms
+
+
+class EncodingEcho(QuietJsonHandler):
+    """Answers the token of its Authorization header back verbatim and in each encoding."""
+
+    seen: list[str] = []
+
+    def do_GET(self) -> None:
+        header = self.headers.get("authorization", "")
+        EncodingEcho.seen.append(header)
+        token = header.removeprefix("Bearer ")
+        forms = {k: v.decode() for k, v in encoded_forms(token).items()}
+        self.send_json(200, {"authorization": header, "header-base64": base64.b64encode(header.encode()).decode(),
+                             **forms})
+
+
+ECHOES = """
+load("pkg.flowmetal.io/workspace/v1", "workspace", "exec")
+
+def _echo_impl(fctx):
+    token = fctx.secrets.token
+    r = fctx.actions.http("GET", fctx.args.url, headers = {"Authorization": "Bearer " + token})
+    e = exec(fctx.resources.ws, "sh", "-c",
+             "echo plain=$TOKEN; printf %s \\"$TOKEN\\" | base64; printf %s \\"$TOKEN\\" | base64 | tr -d =; " +
+             "printf %s \\"$TOKEN\\" | base64 | tr '+/' '-_'; printf %s \\"$TOKEN\\" | od -An -tx1 | tr -d ' \\\\n'",
+             env = {"TOKEN": token})
+    print("http", json.encode(r.json))
+    print("exec", e.stdout)
+    return {"body": r.body, "out": e.stdout, "err": e.stderr}
+
+echo = flow(implementation = _echo_impl, secrets = {"token": "api-token"},
+            resources = {"ws": lambda fctx: workspace()})
+
+if __name__ == "__flow__":
+    print(json.encode(echo(url = fctx().args.url)))
+"""
+
+
+def found_in(home: Path, forms: dict[str, bytes]) -> list[tuple[str, str]]:
+    return [(str(p.relative_to(home)), name) for p in _every_file(home) for name, form in forms.items()
+            if form in p.read_bytes()]
+
+
+def test_no_encoding_of_a_secrets_echo_reaches_the_flow_db_or_a_log(grid: Grid) -> None:
+    """A server echoes the secret back in base64, hex and percent-encoding, a command prints it in
+    base64 and hex: all masked before recording, so the raw bytes of the Flow DB, its WAL and shm,
+    and every log in the grid's home hold none of them."""
+    server = LoopbackServer(EncodingEcho)
+    EncodingEcho.seen = []
+    try:
+        assert cli(grid, "secret", "set", "api-token", input=ENCODED_VALUE).returncode == 0
+        flow_id = grid.start(grid.write("echoes.flow", ECHOES), {"url": server.url})
+        flow = grid.wait(flow_id)
+    finally:
+        server.close()
+    assert flow["status"] == "completed", flow["error"]
+    assert EncodingEcho.seen == [f"Bearer {ENCODED_VALUE}"]  # the server got the value itself
+    lines = grid.logs(flow_id)
+    echoed = json.loads(lines[0].removeprefix("http "))
+    assert set(echoed) == {"authorization", "header-base64", *encoded_forms(ENCODED_VALUE)}, echoed
+    assert echoed["authorization"] == "Bearer ***"
+    # Every encoding of the value alone is wholly masked; in base64 of "user:value" only the
+    # characters that mix the value's edge bytes with "user:" stay.
+    assert all(v == "***" for k, v in echoed.items() if k not in ("authorization", "header-base64", "basic")), echoed
+    for embedded, prefix in ((echoed["basic"], "user:"), (echoed["header-base64"], "Bearer ")):
+        left, right = embedded.split("***")  # exactly one mask
+        assert len(left) <= 4 * -(-len(prefix) // 3) and len(right) <= 4, echoed
+    assert lines[1] == "exec plain=***\n***\n***\n***\n***", lines
+
+    home = grid.paths.home
+    db = grid.paths.db
+    assert {Path(f"{db}-wal").exists(), Path(f"{db}-shm").exists()} == {True}, list(home.iterdir())
+    forms = encoded_forms(ENCODED_VALUE)
+    assert found_in(home, forms) == []  # while running: the DB, its WAL and shm, every log
+    assert grid.cli("grid", "down").returncode == 0
+    assert found_in(home, forms) == []  # stopped: logs flushed, the WAL checkpointed
+    assert [p for p in _every_file(home) if p.suffix == ".log"], "no log was looked at"
