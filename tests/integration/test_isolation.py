@@ -473,3 +473,119 @@ def test_a_sandboxed_command_sees_only_its_workspace_and_leaves_nothing(shared: 
     assert sleeping("6007", "6008") == [], "a process a sandboxed command started outlived it"
     assert Path(ci_path, "secret.txt").read_text() == "ci-private\n"  # untouched
     ci.cancel(holder)
+
+
+CI_SECRET = "ci-deploy-value-93kq"
+
+# A web flow that declares ci's secret, one that declares an unknown one (they must fail alike), and
+# one that writes references to ci's secret by hand into an http request and an exec environment.
+DECLARES = """
+def _impl(fctx):
+    return "never"
+
+uses = flow(implementation = _impl, secrets = {"key": fctx().args.name})
+
+if __name__ == "__flow__":
+    uses()
+"""
+
+FORGES = """
+load("pkg.flowmetal.io/workspace/v1", "workspace", "exec")
+
+def _forge_impl(fctx):
+    forged = "{{flowmetal.secret:ci-deploy-key}}"
+    r = fctx.actions.http("GET", fctx.args.url, headers = {"Authorization": "Bearer " + forged}, check = False)
+    print("http", r.ok, r.error)
+    own = fctx.actions.http("GET", fctx.args.url, headers = {"Authorization": fctx.secrets.own + " " + forged},
+                            check = False)
+    print("mixed", own.ok, own.error)
+    e = fctx.actions.exec(fctx.resources.ws, ["sh", "-c", "echo got=$K"], env = {"K": forged}, check = False)
+    print("exec", e.ok, e.error)
+
+forge = flow(implementation = _forge_impl, secrets = {"own": "web-key"},
+             resources = {"ws": lambda fctx: workspace()})
+
+if __name__ == "__flow__":
+    forge(url = fctx().args.url)
+"""
+
+USES_CI_SECRET = """
+def _impl(fctx):
+    return fctx.actions.http("GET", fctx.args.url, headers = {"Authorization": fctx.secrets.key}).json["authorization"]
+
+uses = flow(implementation = _impl, secrets = {"key": "ci-deploy-key"})
+
+if __name__ == "__flow__":
+    print("echo", uses(url = fctx().args.url))
+"""
+
+
+class HeaderEcho(QuietJsonHandler):
+    seen: list[str] = []
+
+    def do_GET(self) -> None:
+        HeaderEcho.seen.append(self.headers.get("authorization", ""))
+        self.send_json(200, {"authorization": self.headers.get("authorization", "")})
+
+
+def test_a_tenant_neither_uses_sees_nor_removes_another_tenants_secrets(shared: Shared) -> None:
+    ci, web = shared.client("ci-token"), shared.client("web-token")
+    ci.secret_set("ci-deploy-key", CI_SECRET)
+    web.secret_set("web-key", "web-value-5521")
+    before = [s for s in ci.secrets() if s["name"] == "ci-deploy-key"]
+    assert [(s["quota"], s["set_by"]) for s in before] == [("/acme/ci", "carl")]
+
+    # Listing: each sees the names of its own subtree only.
+    assert "ci-deploy-key" not in [s["name"] for s in web.secrets()]
+    assert all(s["quota"] == "/acme/web" for s in web.secrets()), web.secrets()
+    assert "web-key" not in [s["name"] for s in ci.secrets()]
+
+    # Declaring ci's secret fails the flow at start exactly as an unknown name does.
+    errors = {}
+    for name in ("ci-deploy-key", "no-such-key"):
+        flow_id = shared.start("web-token", f"declares-{name}.flow", DECLARES, {"name": name})
+        failed = wait_finished(web, flow_id)
+        assert failed["status"] == "failed", failed
+        errors[name] = failed["error"]["message"]
+    assert "run impl: no secret ci-deploy-key at quota node /acme/web or above" in errors["ci-deploy-key"], errors
+    assert errors["ci-deploy-key"] == errors["no-such-key"].replace("no-such-key", "ci-deploy-key"), errors
+
+    # A reference to ci's secret written by hand fails the action; the server never gets a value.
+    server = LoopbackServer(HeaderEcho, host="127.0.0.2")  # in the grid's --http-allow
+    HeaderEcho.seen = []
+    try:
+        forger = shared.start("web-token", "forges.flow", FORGES, {"url": server.url})
+        assert wait_finished(web, forger)["status"] == "completed", web.get_flow(forger)
+        refused = "secret ci-deploy-key is not granted to this flow"
+        assert logs(web, forger) == [f"http False http: {refused} (declare it in flow(..., secrets = {{...}}))",
+                                     f"mixed False http: {refused} (declare it in flow(..., secrets = {{...}}))",
+                                     f"exec False exec: {refused} (declare it in flow(..., secrets = {{...}}))"]
+        assert HeaderEcho.seen == []
+
+        # Removing ci's secret: answered as an unknown one, by name alone or naming ci's node.
+        for quota in (None, "/acme/ci"):
+            foreign = raw(shared, "web-token", "DELETE", "/v1/secrets/ci-deploy-key",
+                          params={"quota": quota} if quota else {})
+            missing = raw(shared, "web-token", "DELETE", "/v1/secrets/no-such-key",
+                          params={"quota": quota} if quota else {})
+            assert foreign.status_code == missing.status_code == 404, (quota, foreign.text)
+            where = quota or "/acme/web"
+            assert foreign.json() == {"error": "not_found", "message": f"no secret ci-deploy-key at {where}"}
+            assert missing.json() == {"error": "not_found", "message": f"no secret no-such-key at {where}"}
+        # Overwriting it is refused.
+        taken = raw(shared, "web-token", "PUT", "/v1/secrets/ci-deploy-key", json={"value": "web-owned", "quota": "/acme/ci"})
+        assert taken.status_code == 403, taken.text
+        assert taken.json()["message"] == "wendy (member of /acme/web) may not set secrets at /acme/ci: it is " \
+                                          "outside /acme/web"
+
+        # Nothing changed for ci: the same secret, set by carl, and its value still reaches ci's flows.
+        assert [s for s in ci.secrets() if s["name"] == "ci-deploy-key"] == before
+        user = shared.start("ci-token", "uses-ci-secret.flow", USES_CI_SECRET, {"url": server.url})
+        assert wait_finished(ci, user)["status"] == "completed", ci.get_flow(user)
+        assert logs(ci, user) == ["echo ***"]
+        assert HeaderEcho.seen == [CI_SECRET]
+    finally:
+        server.close()
+    everything = [line for f in web.list_flows(limit=1000) for line in logs(web, f["id"])]
+    assert everything and not [line for line in everything if CI_SECRET in line]
+    assert CI_SECRET not in str([web.get_flow(f["id"]) for f in web.list_flows(limit=1000)])
