@@ -113,10 +113,10 @@ def grid_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[An
     started: list[Grid] = []
 
     def start(workers: int = 2, extra_env: dict[str, str] | None = None,
-              worker_settings: WorkerSettings | None = None) -> Grid:
+              worker_settings: WorkerSettings | None = None, sandbox: str = "auto") -> Grid:
         for key, value in (extra_env or {}).items():
             monkeypatch.setenv(key, value)
-        state = start_background(paths, workers=workers, worker_settings=worker_settings)
+        state = start_background(paths, workers=workers, worker_settings=worker_settings, sandbox=sandbox)
         grid = Grid(paths, state, {**env, **(extra_env or {})}, project)
         started.append(grid)
         return grid

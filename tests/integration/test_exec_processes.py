@@ -3,8 +3,13 @@ cancel, not after `grid down` (background jobs, a `setsid` escapee, one that hol
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.integration.conftest import Grid
 
@@ -94,3 +99,79 @@ def test_grid_down_kills_what_running_commands_started(grid: Grid) -> None:
     pids = held_pids(grid, flow_id)
     assert grid.cli("grid", "down").returncode == 0
     assert wait_dead(pids) == [], "a process an exec started outlived the grid"
+
+
+# The command leaves a nohup'd and a setsid'd process behind, then waits for the test to say "go"
+# (a file in its workspace) before it ends normally; the test may instead cancel it or stop the grid.
+LEAVES = """
+load("pkg.flowmetal.io/workspace/v1", "workspace", "exec")
+
+def _leave_impl(fctx):
+    n = fctx.args.nonce
+    exec(fctx.resources.ws, "sh", "-c",
+         "nohup sleep 600." + n + "1 > /dev/null 2>&1 & setsid sleep 600." + n + "2 > /dev/null 2>&1 & " +
+         "while [ ! -e go ]; do sleep 0.05; done", timeout = 300)
+
+leave = flow(implementation = _leave_impl, resources = {"ws": lambda fctx: workspace()})
+
+if __name__ == "__flow__":
+    leave(nonce = fctx().args.nonce)
+    print("ended")
+"""
+
+
+def carrying(nonce: str) -> dict[int, str]:
+    """Every process of this machine whose command line holds ``nonce`` (any pid namespace: /proc here
+    shows them all), zombies aside."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if nonce.encode() in argv and alive(int(entry.name)):
+            found[int(entry.name)] = argv.replace(b"\0", b" ").decode(errors="replace").strip()
+    return found
+
+
+def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"never: {what}")
+
+
+@pytest.mark.parametrize("ending", ["ends", "cancel", "down"])
+@pytest.mark.parametrize("sandbox", ["auto", "exec"], ids=["unsandboxed", "sandboxed"])
+def test_nothing_an_exec_left_behind_outlives_it(grid_factory: Any, sandbox: str, ending: str) -> None:
+    grid = grid_factory(sandbox=sandbox)
+    assert grid.state["isolation"]["sandbox"] == ("exec" if sandbox == "exec" else "none")
+    nonce = str(secrets.randbelow(10**9)).rjust(9, "0")
+    flow_id = grid.start(grid.write("leaves.flow", LEAVES), {"nonce": nonce})
+
+    def both_left() -> dict[int, str]:
+        found = carrying(nonce)
+        return found if sum(cmd.startswith("sleep 600.") for cmd in found.values()) == 2 else {}
+
+    found = wait_for(both_left, f"the command started its two background sleeps: {grid.client.get_flow(flow_id)}")
+    assert any(cmd.startswith("sh -c nohup") for cmd in found.values()), found
+    assert any(cmd.startswith("/usr/bin/bwrap ") for cmd in found.values()) == (sandbox == "exec"), found
+    if ending == "ends":
+        workspace = wait_for(lambda: [p for p in grid.paths.workspaces.glob("*/ws")], "its workspace")
+        (workspace[0] / "go").touch()
+        flow = grid.wait(flow_id, timeout=60)
+        assert flow["status"] == "completed" and grid.logs(flow_id) == ["ended"], flow
+    elif ending == "cancel":
+        grid.client.cancel(flow_id)
+        assert grid.wait(flow_id)["status"] == "cancelled"
+    else:
+        assert grid.cli("grid", "down").returncode == 0
+    deadline = time.monotonic() + 20
+    while carrying(nonce) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert carrying(nonce) == {}, f"outlived its exec ({ending}, sandbox {sandbox}): {carrying(nonce)}"
