@@ -52,6 +52,13 @@ class FlowRecord(TypedDict):
     resumes: int
 
 
+class ListedFlow(FlowRecord):
+    """A flow in a list; asked with ``?why=true``, a live flow also says what it is waiting for."""
+
+    why: NotRequired[str]
+    """In words, why it is not running now (or on which worker it runs), as ``/why`` gives it."""
+
+
 class JournalRecord(TypedDict):
     """One action of a flow: its request and, once it arrived, its result."""
 

@@ -36,6 +36,7 @@ from tui.session import FlowDetail, GridSession, PushTarget, latest_cursor
 from tui.widgets.detail import DetailView
 from tui.widgets.flow_tree import FlowTree
 from tui.widgets.journal import JournalTable
+from tui.widgets.quotas import QuotaView
 from tui.widgets.source import SourceView
 from tui.widgets.stepbar import StepBar
 from tui.widgets.workers import WorkersTable
@@ -79,6 +80,7 @@ class FlowmetalApp(App[None]):
         Binding("2", "tab('detail')", "Detail", show=False),
         Binding("3", "tab('log')", "Log", show=False),
         Binding("4", "tab('workers')", "Workers", show=False),
+        Binding("5", "tab('quotas')", "Quotas", show=False),
         Binding("q", "quit", "Quit"),
     ]
     HELP_KEYS = [
@@ -86,7 +88,7 @@ class FlowmetalApp(App[None]):
         ("n / p", "step forward / back through the journal (source, request, result follow)"),
         ("g / G", "first / last journal entry"), ("e", "jump to the first failed entry"),
         ("/", "filter flows by text (Esc returns to the tree)"), ("s", "filter flows by status (cycles)"),
-        ("1 2 3 4", "Source, Detail, Log, Workers tab"),
+        ("1 2 3 4 5", "Source, Detail, Log, Workers, Quotas tab"),
         ("c", "cancel the selected flow and its children (asks first)"),
         ("k", "kill (SIGKILL) the worker holding the selected flow; in the Workers tab, the highlighted process"),
         ("f", "fail the next action of the selected flow"), ("d", "delay the next action by N seconds"),
@@ -109,6 +111,11 @@ class FlowmetalApp(App[None]):
         def __init__(self, processes: list[dict[str, Any]]) -> None:
             super().__init__()
             self.processes = processes
+
+    class QuotasLoaded(Message):
+        def __init__(self, tree: dict[str, Any]) -> None:
+            super().__init__()
+            self.tree = tree
 
     class EventsReceived(Message):
         def __init__(self, events: list[dict[str, Any]]) -> None:
@@ -169,7 +176,7 @@ class FlowmetalApp(App[None]):
         self.status_line = Text()
         self._want_select = select
         self._flows_loaded = False
-        self._dirty = {"flows": False, "detail": False, "processes": False}
+        self._dirty = {"flows": False, "detail": False, "processes": False, "quotas": False}
         self._log_last = 0
         self._ticks = 0
 
@@ -181,6 +188,7 @@ class FlowmetalApp(App[None]):
         self.sidebar = Vertical(id="sidebar")
         self.filter_input = Input(placeholder="/ filter flows", id="filter", compact=True)
         self.flow_tree = FlowTree(id="flows")
+        self.right = Vertical(id="right")
         self.journal_box = Vertical(id="journal-box")
         self.journal = JournalTable(id="journal")
         self.stepbar = StepBar(id="stepbar")
@@ -191,12 +199,13 @@ class FlowmetalApp(App[None]):
         # comes, and print lines are plain text anyway.
         self.log_view = Log(id="log-view", max_lines=5000)
         self.workers_view = WorkersTable(id="workers-table")
+        self.quota_view = QuotaView(id="quota-view")
         yield self.status_bar
         with Horizontal(id="main"):
             with self.sidebar:
                 yield self.filter_input
                 yield self.flow_tree
-            with Vertical(id="right"):
+            with self.right:
                 with self.journal_box:
                     yield self.journal
                 yield self.stepbar
@@ -209,6 +218,8 @@ class FlowmetalApp(App[None]):
                         yield self.log_view
                     with TabPane("4 Workers", id="workers"):
                         yield self.workers_view
+                    with TabPane("5 Quotas", id="quotas"):
+                        yield self.quota_view
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -272,6 +283,12 @@ class FlowmetalApp(App[None]):
         if processes is not None and not get_current_worker().is_cancelled:
             self.post_message(self.ProcessesLoaded(processes))
 
+    @work(thread=True, exclusive=True, group="quotas", name="load quotas", exit_on_error=False)
+    def load_quotas(self) -> None:
+        tree = self._guarded(self.session.quota_tree)
+        if tree is not None and not get_current_worker().is_cancelled:
+            self.post_message(self.QuotasLoaded(tree))
+
     @work(thread=True, group="operations", name="operation", exit_on_error=False)
     def operate(self, work: Callable[[], Any], done: Callable[[Any], str], started: str | None = None) -> None:
         """Run one operation; report ``done(result)``, or the error, to the user."""
@@ -306,7 +323,7 @@ class FlowmetalApp(App[None]):
     def _on_connected(self, message: GridConnected) -> None:
         self.connected, self.where, self.lost_reason = True, message.where, ""
         self.histories.clear()  # events may have been missed while away: histories are read again
-        self._dirty.update(flows=True, detail=True, processes=True)
+        self._dirty.update(flows=True, detail=True, processes=True, quotas=self._quotas_shown())
         self._render_status()
 
     @on(GridLost)
@@ -337,6 +354,11 @@ class FlowmetalApp(App[None]):
             tree.select_flow(tree.flow_ids[0])
         self._flows_loaded = True
         self._render_workers()
+        self._render_quotas()
+
+    @on(QuotasLoaded)
+    def _on_quotas(self, message: QuotasLoaded) -> None:
+        self._render_quotas(model.quota_rows(list(message.tree.get("nodes") or [])))
 
     @on(FlowLoaded)
     def _on_flow(self, message: FlowLoaded) -> None:
@@ -376,6 +398,7 @@ class FlowmetalApp(App[None]):
                     self._buffered[root].append(event)
             if kind == "flow":
                 self._dirty["flows"] = self._dirty["processes"] = True
+                self._dirty["quotas"] = self._dirty["quotas"] or self._quotas_shown()
             if root == selected_root and event.get("flow_id") == self.selected:
                 self._dirty["detail"] = True
             if kind == "log" and root == selected_root and event.get("flow_id") in scope and root in self.histories:
@@ -408,6 +431,9 @@ class FlowmetalApp(App[None]):
         if self._dirty["processes"]:
             self._dirty["processes"] = False
             self.load_processes()
+        if self._dirty["quotas"]:
+            self._dirty["quotas"] = False
+            self.load_quotas()
 
     def _tick(self) -> None:
         if not self.is_running:
@@ -415,6 +441,7 @@ class FlowmetalApp(App[None]):
         self._ticks += 1
         if self.connected and self._ticks % 2 == 0:
             self._dirty["processes"] = True
+            self._dirty["quotas"] = self._dirty["quotas"] or self._quotas_shown()  # the rate window moves on
         self._render_tree()
         if self.detail is not None and self.detail.flow.get("status") not in FINISHED:
             self._render_selection()
@@ -528,6 +555,12 @@ class FlowmetalApp(App[None]):
     def _render_workers(self) -> None:
         self.workers_view.show(self.processes, self.index)
 
+    def _quotas_shown(self) -> bool:
+        return self.tabs.active == "quotas"
+
+    def _render_quotas(self, rows: list[model.QuotaRow] | None = None) -> None:
+        self.quota_view.show(rows, self.index)
+
     # -- selection -----------------------------------------------------------------------------
 
     def select_flow(self, flow_id: str | None) -> None:
@@ -548,6 +581,14 @@ class FlowmetalApp(App[None]):
     @on(DataTable.RowHighlighted, "#journal")
     def _on_entry_highlighted(self, message: DataTable.RowHighlighted) -> None:
         self._render_step()
+
+    @on(TabbedContent.TabActivated, "#tabs")
+    def _on_tab(self, message: TabbedContent.TabActivated) -> None:
+        shown = message.pane.id == "quotas"
+        # The quota tree is not about the selected flow: it takes the journal's room while shown.
+        self.right.set_class(shown, "quotas")
+        if shown:  # read at once, however the tab was chosen (key or click)
+            self._dirty["quotas"] = True
 
     @on(Input.Changed, "#filter")
     def _on_filter(self, message: Input.Changed) -> None:

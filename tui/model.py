@@ -180,6 +180,9 @@ def flow_label(flow: dict[str, Any], now: float) -> Text:
     label.append(f" {human_duration(flow_duration(flow, now))}", style="" if status in FINISHED else "italic")
     created = _stamp(flow.get("created"), now)
     label.append(f" ·{human_age(now - created)}", style="dim")
+    why = flow_why(flow)
+    if why:
+        label.append(f" {why}", style="yellow")
     return label
 
 
@@ -369,3 +372,124 @@ def callsite_of(entry: dict[str, Any] | None) -> tuple[str, int] | None:
 
 def process_label(process: dict[str, Any]) -> str:
     return f"{process.get('role')} {process.get('name')} (pid {process.get('pid')})"
+
+
+def flow_why(flow: dict[str, Any]) -> str | None:
+    """The grid's one line on why a pending or waiting flow is not running (None for the others)."""
+    why = flow.get("why")
+    return str(why) if why and flow.get("status") in ("pending", "waiting") else None
+
+
+# -- the quota tree -----------------------------------------------------------------------------
+
+METERS = (("running", "running"), ("live", "live"), ("rate", "rate/min"), ("resources", "resources"))
+"""The usages a node may limit, with their labels: each is drawn as a bar against its limit."""
+CAPS = (("journal_entries", "entries/flow"), ("journal_bytes", "journal/flow"), ("bundle_bytes", "bundle"),
+        ("eval_budget", "eval/flow"))
+"""The per-flow caps a node may set: shown as values, since there is no subtree usage to bar them against."""
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" or n >= 10 else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.0f} GiB"
+
+
+def cap_text(limit: str, value: Any) -> str:
+    if limit in ("journal_bytes", "bundle_bytes"):
+        return human_bytes(float(value))
+    if limit == "eval_budget":
+        return f"{value:g}s"
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Meter:
+    """One usage of a node: ``used`` against ``limit`` (None: not limited), and how full it is."""
+
+    name: str
+    label: str
+    used: float
+    limit: float | None
+
+    @property
+    def fraction(self) -> float | None:
+        """0..1 (a limit of 0 with anything used is full); None without a limit."""
+        if self.limit is None:
+            return None
+        if self.limit <= 0:
+            return 1.0 if self.used > 0 else 0.0
+        return min(max(self.used / self.limit, 0.0), 1.0)
+
+    @property
+    def text(self) -> str:
+        return f"{self.used:g}/{self.limit:g}" if self.limit is not None else f"{self.used:g}"
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and self.used >= self.limit
+
+
+@dataclass(frozen=True)
+class QuotaRow:
+    """A node of the quota tree as the Quotas tab draws it."""
+
+    path: str
+    depth: int
+    name: str
+    meters: list[Meter]
+    pending: int
+    waiting: int
+    journal_bytes: int
+    caps: list[tuple[str, str]]
+    share: int
+    implied: bool = False
+
+    @property
+    def limited(self) -> list[Meter]:
+        return [m for m in self.meters if m.limit is not None]
+
+
+def quota_rows(nodes: list[dict[str, Any]]) -> list[QuotaRow]:
+    """``GET /v1/quota/tree``'s nodes (parents before children) as rows, indented under the first."""
+    if not nodes:
+        return []
+    base = _depth(str(nodes[0]["path"]))
+    rows = []
+    for node in nodes:
+        path = str(node["path"])
+        depth = _depth(path) - base
+        usage, limits = node.get("usage") or {}, node.get("limits") or {}
+        meters = [Meter(key, label, float(usage.get(key, 0)), None if limits.get(key) is None else float(limits[key]))
+                  for key, label in METERS]
+        caps = [(label, cap_text(key, limits[key])) for key, label in CAPS if limits.get(key) is not None]
+        rows.append(QuotaRow(path, depth, path if depth == 0 else path.rsplit("/", 1)[1], meters,
+                             int(usage.get("pending", 0)), int(usage.get("waiting", 0)),
+                             int(usage.get("journal_bytes", 0)), caps, int(node.get("share", 1)),
+                             bool(node.get("implied"))))
+    return rows
+
+
+def _depth(path: str) -> int:
+    return 0 if path == "/" else path.count("/")
+
+
+def usage_bar(meter: Meter, width: int = 12) -> Text:
+    """``███████░░░░░``: how full a limited usage is (green, yellow past 3/4, red when full)."""
+    fraction = meter.fraction
+    if fraction is None:
+        return Text(" " * width)
+    filled = min(width, math.ceil(fraction * width)) if fraction > 0 else 0
+    style = "bright_red" if meter.full else "yellow" if fraction >= 0.75 else "green"
+    bar = Text("█" * filled, style=style)
+    bar.append("░" * (width - filled), style="grey35")
+    return bar
+
+
+def blocked_flows(index: FlowIndex) -> list[dict[str, Any]]:
+    """The pending and waiting flows, oldest first: the Quotas tab lists each with its reason."""
+    found = [f for f in index.flows.values() if f.get("status") in ("pending", "waiting")]
+    return sorted(found, key=lambda f: (f.get("created") or 0, f["id"]))

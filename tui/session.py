@@ -110,7 +110,11 @@ class GridSession:
         return self.call(lambda c: c.processes())
 
     def flows(self, limit: int = 500) -> list[dict[str, Any]]:
-        return self.call(lambda c: c.list_flows(limit=limit))
+        return self.call(lambda c: c.list_flows(limit=limit, why=True))  # live flows say what they wait for
+
+    def quota_tree(self) -> dict[str, Any]:
+        """The caller's quota subtree: each node's limits and usage (``GET /v1/quota/tree``)."""
+        return self.call(lambda c: c.quota_tree())
 
     # -- operations ----------------------------------------------------------------------------
 

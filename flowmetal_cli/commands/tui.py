@@ -26,7 +26,7 @@ def tui(
 ) -> None:
     """Open the interactive debugger: flows, journals as timelines, replay stepping, failure injection.
 
-    Shows the flows of a grid as a tree, the selected flow's journal (with where it resumed and what it replayed), its source with the line of each action, its log, and the grid's workers. From there: step through a journal, kill a worker, fail or delay a flow's next action, cancel, re-run, and push a bundle to another context. Press ? inside for every key.
+    Shows the flows of a grid as a tree, the selected flow's journal (with where it resumed and what it replayed), its source with the line of each action, its log, the grid's workers, and the quota tree with usage bars against its limits and why each pending or waiting flow waits. From there: step through a journal, kill a worker, fail or delay a flow's next action, cancel, re-run, and push a bundle to another context. Press ? inside for every key.
 
     Starts the local grid in the background when none is running.
 

@@ -43,7 +43,7 @@ from grid_local.db.store import FINISHED, FlowStore
 from grid_local.errors import ArgumentError, BundleError, NotFoundError, QuotaError, StoreError
 from grid_local.home import GridPaths, parent_pid, pid_alive
 from grid_local.quota_tree import NODE_PATTERN
-from grid_local.records import DeploymentRecord, EventPage, EventRecord, FlowDetail, FlowRecord
+from grid_local.records import DeploymentRecord, EventPage, EventRecord, FlowDetail, FlowRecord, ListedFlow
 from grid_local.runtime.journal import check_json
 from grid_local.supervisor import workers_elsewhere
 
@@ -311,11 +311,18 @@ class ClientApi:
         async def list_flows(
             status: str | None = Query(default=None, pattern="^(pending|running|waiting|completed|failed|cancelled)$"),
             root: str | None = None, quota: str | None = None, roots_only: bool = False,
-            limit: int = Query(default=500, ge=1, le=5000), who: Identity = ident,
-        ) -> list[FlowRecord]:
+            limit: int = Query(default=500, ge=1, le=5000),
+            why: bool = Query(default=False, description="Add each live flow's one-line reason (as /why gives it)"),
+            who: Identity = ident,
+        ) -> list[ListedFlow]:
             node = who.quota if quota is None or not under(quota, who.quota) else quota
-            return await self.db.list_flows(status=status, root=root, quota=node, limit=limit, roots_only=roots_only,
-                                            username=who.user if who.role == "member" else None)
+            flows: list[Any] = await self.db.list_flows(status=status, root=root, quota=node, limit=limit,
+                                                        roots_only=roots_only,
+                                                        username=who.user if who.role == "member" else None)
+            if why:
+                reasons = await self.db.reasons([f["id"] for f in flows if f["status"] in ("pending", "running", "waiting")])
+                flows = [{**f, "why": reasons[f["id"]]} if f["id"] in reasons else f for f in flows]
+            return flows
 
         @app.get("/v1/flows/{flow_id}", summary="A flow's record and journal", responses=answers(403, 404))
         async def inspect_flow(flow_id: str, who: Identity = ident) -> FlowDetail:

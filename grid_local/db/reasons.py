@@ -35,7 +35,29 @@ class Reasons:
         kind, reason = await self._reason(flow)
         return {"flow_id": flow_id, "status": flow["status"], "kind": kind, "reason": reason}
 
-    async def _reason(self, flow: Any) -> tuple[str, str]:
+    async def reasons(self, flow_ids: list[str]) -> dict[str, str]:
+        """The one-line reason of each live flow among ``flow_ids`` (a flow list's ``?why=true``), reading
+        the running limits and the running counts once for all of them."""
+        if not flow_ids:
+            return {}
+        found: dict[str, str] = {}
+        limits: dict[str, int] | None = None
+        running: dict[str, int] | None = None
+        for start in range(0, len(flow_ids), 500):  # under every engine's bound on parameters
+            chunk = flow_ids[start:start + 500]
+            rows = await self.engine.all(
+                f"SELECT id, status, quota, created, lease_owner FROM flows WHERE id IN ({','.join('?' * len(chunk))}) "
+                f"AND status NOT IN {FINISHED!r}", *chunk)
+            for flow in rows:
+                if limits is None:
+                    nodes = await self.engine.all("SELECT path, running FROM quota_nodes WHERE running IS NOT NULL")
+                    limits = {r["path"]: r["running"] for r in nodes}
+                    running = await self.quotas.running_now() if limits else {}
+                found[flow["id"]] = (await self._reason(flow, limits, running))[1]
+        return found
+
+    async def _reason(self, flow: Any, limits: dict[str, int] | None = None,
+                      running: dict[str, int] | None = None) -> tuple[str, str]:
         if flow["status"] in FINISHED:
             return "finished", f"not waiting: it {flow['status']}"
         entry = await self.engine.one(
@@ -45,10 +67,12 @@ class Reasons:
             return await self._open_entry(entry)
         if flow["status"] == "running":
             return "running", f"running on worker {flow['lease_owner']}"
-        nodes = await self.engine.all("SELECT path, running FROM quota_nodes WHERE running IS NOT NULL")
-        limits = {r["path"]: r["running"] for r in nodes}
+        if limits is None:
+            nodes = await self.engine.all("SELECT path, running FROM quota_nodes WHERE running IS NOT NULL")
+            limits = {r["path"]: r["running"] for r in nodes}
         if limits:
-            refusal = qt.blocking_limit(flow["quota"], await self.quotas.running_now(), limits)
+            refusal = qt.blocking_limit(flow["quota"], running if running is not None else await self.quotas.running_now(),
+                                        limits)
             if refusal is not None:
                 return "quota", f"waiting for {refusal.message}"
         ahead = (await self.engine.the(

@@ -82,7 +82,9 @@ class FlowStore:
         self.clock = _retried(clock, engine)  # real, or virtual (db/clock.py)
         self.triggers = _retried(TriggerStore(engine, inboxes, flows, clock), engine)  # webhooks and schedules
         self.quotas = _retried(quotas, engine)  # the quota tree (nodes, limits, usage)
-        self.why = Reasons(engine, quotas).why
+        reasons = Reasons(engine, quotas)
+        self.why = reasons.why
+        self.reasons = reasons.reasons  # of many flows at once (a flow list's ?why=true)
         self.cancel_subtree = engine.retried(functools.partial(cancel_subtree, engine, flows.end))
 
         # the Client API

@@ -291,6 +291,11 @@ def test_why_gives_each_reason_in_one_line(grid: Grid, levels: list[str]) -> Non
     held = grid.client.start_flow(digest, {"what": "sleep"}, quota=levels[-1])["id"]
     assert grid.client.why(held)["reason"].startswith(f"waiting for quota {levels[0]}: ")
     assert grid.client.why(held)["reason"].endswith(" of 0 running flows")
+    # a flow list with ?why=true gives every live flow the same line (the TUI's flow tree shows it)
+    listed = {f["id"]: f for f in grid.client.list_flows(quota=levels[0], why=True)}
+    live = [sleeping, receiving, parent, child["id"], held]
+    assert {i: listed[i].get("why") for i in live} == {i: grid.client.why(i)["reason"] for i in live}
+    assert all("why" not in f for f in grid.client.list_flows(quota=levels[0]))
     grid.client.quota_set(levels[0], {"running": None})
     assert wait_until(lambda: grid.client.why(held)["kind"] == "sleep")
 

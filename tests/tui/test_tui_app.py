@@ -6,6 +6,7 @@ and every wait polls the app's state with a timeout; nothing sleeps for a fixed 
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from textual.widgets import Log
 from tui_gridkit import FLOWS, LocalGrid, until
 
+from flowmetal_cli.bundle import build_bundle
 from flowmetal_cli.connect import connect
 from flowmetal_cli.contexts import add_context
 from grid_local.home import GridPaths
@@ -24,6 +26,7 @@ from tui.screens.prompts import DelayScreen
 from tui.screens.push import PushScreen
 from tui.widgets.flow_tree import FlowTree
 from tui.widgets.journal import JournalTable
+from tui.widgets.quotas import QuotaView
 from tui.widgets.source import SourceView
 from tui.widgets.stepbar import StepBar
 
@@ -215,3 +218,43 @@ async def test_a_lost_grid_is_shown_and_reconnected(grid: LocalGrid) -> None:
         state = start_background(GridPaths(grid.paths.home), workers=1)  # a new grid, on a new port
         await until(pilot, lambda: app.connected is True and state["url"] in app.where, "the reconnection")
         await until(pilot, lambda: len(entries(app)) == 8, "the journal to load again")
+
+
+async def test_the_quotas_tab_shows_usage_against_a_limit_and_why_a_flow_waits(grid: LocalGrid) -> None:
+    node = f"/local/{getpass.getuser()}/team"  # the local user is admin of /local/<user>: it sets limits below
+    grid.client.quota_set(node, {"running": 1, "live": 4})
+    built = build_bundle(FLOWS / "until_told.flow")  # runs, holding its slot, until it is sent a message
+    grid.client.upload_bundle(built.data, built.digest)
+    first = grid.client.start_flow(built.digest, {}, name="until_told.flow", quota=node)
+    grid.wait_flow(first["id"], ("running",))
+    second = grid.client.start_flow(built.digest, {}, name="until_told.flow", quota=node)
+    reason = f"waiting for quota {node}: 1 of 1 running flows"
+    app = make_app(select=first["id"])  # not the pending one: its reason must come with the flow list
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("5")
+        view = app.query_one(QuotaView)
+
+        def shown() -> str:
+            return view.text.plain
+
+        await until(pilot, lambda: "running" in shown() and "1/1" in shown() and reason in shown(),
+                    "the full running limit and the pending flow's reason in the Quotas tab")
+        row = next(r for r in view.rows if r.path == node)
+        running = next(m for m in row.meters if m.name == "running")
+        live = next(m for m in row.meters if m.name == "live")
+        assert (running.used, running.limit, running.fraction, running.full) == (1, 1, 1.0, True)
+        assert (live.used, live.limit, live.fraction) == (2, 4, 0.5) and row.pending == 1
+        # The node's lines: a full bar (12 cells) for running, half of one for live.
+        assert f"running   {'█' * 12} 1/1" in shown() and f"live      {'█' * 6}{'░' * 6} 2/4" in shown()
+        assert [f["id"] for f in view.blocked] == [second["id"]]
+        # The flow tree says it too, on the pending flow's line; and so does the detail pane.
+        tree = app.query_one(FlowTree)
+        await until(pilot, lambda: second["id"] in tree._flow_nodes and reason in str(tree._flow_nodes[second["id"]].label),
+                    "the reason in the flow tree")
+
+        # Room comes back: the first flow ends, the second runs, and the tab follows.
+        grid.client.send(first["id"], "done")
+        grid.wait_flow(second["id"], ("running",))
+        await until(pilot, lambda: reason not in shown() and "Pending and waiting (0)" in shown(),
+                    "the Quotas tab to see the second flow running")
+    grid.client.send(second["id"], "done")

@@ -182,3 +182,69 @@ def test_tui_command_help_and_usage_errors(tmp_path: Any) -> None:
     assert result.exit_code == 0 and "interactive debugger" in result.output
     missing = runner.invoke(cli, ["tui", str(tmp_path / "missing.flow")])
     assert missing.exit_code == 2
+
+
+QUOTA_TREE = [  # GET /v1/quota/tree at /local/me, as a grid answers it
+    {"path": "/local/me", "limits": {"running": 4, "rate": 60}, "share": 1, "open": True,
+     "usage": {"running": 3, "pending": 5, "waiting": 1, "live": 9, "rate": 60, "journal_bytes": 1536, "resources": 0}},
+    {"path": "/local/me/ci", "limits": {"running": 2, "live": 0, "journal_bytes": 4096, "eval_budget": 2.5},
+     "share": 3, "open": True,
+     "usage": {"running": 2, "pending": 5, "waiting": 0, "live": 7, "rate": 7, "journal_bytes": 1024, "resources": 0}},
+    {"path": "/local/me/ci/nightly", "limits": {}, "share": 1, "open": True, "implied": True,
+     "usage": {"running": 0, "pending": 0, "waiting": 0, "live": 0, "rate": 0, "journal_bytes": 0, "resources": 0}},
+]
+
+
+def test_quota_rows_meters_and_bars() -> None:
+    top, ci, nightly = model.quota_rows(QUOTA_TREE)
+    assert [(r.name, r.depth) for r in (top, ci, nightly)] == [("/local/me", 0), ("ci", 1), ("nightly", 2)]
+    assert [(m.name, m.text, m.fraction) for m in top.limited] == [("running", "3/4", 0.75), ("rate", "60/60", 1.0)]
+    assert [m.full for m in top.limited] == [False, True]
+    assert (top.pending, top.waiting, top.journal_bytes) == (5, 1, 1536)
+    live = next(m for m in ci.meters if m.name == "live")
+    assert (live.fraction, live.full) == (1.0, True)  # a limit of 0 with flows live is full
+    assert ci.caps == [("journal/flow", "4.0 KiB"), ("eval/flow", "2.5s")] and ci.share == 3
+    assert nightly.limited == [] and nightly.implied
+    assert model.quota_rows([]) == []
+
+    full = model.usage_bar(top.limited[1], 10)
+    assert full.plain == "█" * 10 and full.style == "bright_red"
+    three_quarters = model.usage_bar(top.limited[0], 8)
+    assert three_quarters.plain == "██████░░" and three_quarters.style == "yellow"
+    assert model.usage_bar(model.Meter("running", "running", 1, 10), 10).plain == "█" + "░" * 9  # some use shows
+    assert model.usage_bar(model.Meter("running", "running", 0, 10), 4).plain == "░░░░"
+    assert model.usage_bar(model.Meter("running", "running", 3, None), 4).plain == "    "  # no limit, no bar
+    assert model.Meter("rate", "rate/min", 120, 60).fraction == 1.0  # over a lowered limit: clipped
+
+
+def test_pending_and_waiting_flows_say_why() -> None:
+    reason = "waiting for quota /local/me/ci: 2 of 2 running flows"
+    index = FlowIndex.of([
+        {**flow("p", status="pending", created=3, name="held"), "why": reason},
+        {**flow("w", status="waiting", created=1), "why": "waiting for a message on inbox go"},
+        {**flow("r", status="running", created=2), "why": "running on worker w1"},
+        flow("d", created=0),
+    ])
+    assert [f["id"] for f in model.blocked_flows(index)] == ["w", "p"]
+    assert model.flow_why(index.flows["p"]) == reason and model.flow_why(index.flows["r"]) is None
+    label = model.flow_label(index.flows["p"], now=10)
+    assert label.plain.endswith(f"·7s {reason}")
+    assert "running on worker" not in model.flow_label(index.flows["r"], now=10).plain
+
+
+def test_the_quotas_tab_text() -> None:
+    from tui.widgets.quotas import render_blocked, render_row
+
+    top, ci, _ = model.quota_rows(QUOTA_TREE)
+    assert render_row(ci).plain.splitlines() == [
+        "  ci  (share 3)",
+        "    running   ████████████ 2/2",
+        "    live      ████████████ 7/0",
+        "    rate/min 7 · pending 5 · journals 1.0 KiB",
+        "    caps journal/flow 4.0 KiB · eval/flow 2.5s",
+    ]
+    blocked = render_blocked([{**flow("abcdef123", status="pending", name="held"), "why": "waiting for a worker slot"}])
+    assert blocked.plain.splitlines() == ["Pending and waiting (1)", "  ○ held #abcdef waiting for a worker slot"]
+    assert render_blocked([]).plain.splitlines() == ["Pending and waiting (0)", "  none"]
+    assert render_row(model.quota_rows(QUOTA_TREE)[2]).plain.splitlines() == [
+        "    nightly  (implied by its flows)", "      idle"]

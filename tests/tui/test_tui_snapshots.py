@@ -13,18 +13,20 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
-from tui_recorded import RecordedGrid
+from tui_recorded import QUOTA_RECORDING, RecordedGrid
 from tui_gridkit import until
 
 from flowmetal_cli.client import GridClient, GridUnreachable
 from tui.app import FlowmetalApp
 from tui.screens.prompts import DelayScreen
 from tui.widgets.journal import JournalTable
+from tui.widgets.quotas import QuotaView
 from tui.widgets.workers import WorkersTable
 
 pytestmark = pytest.mark.timeout(60)
 Compare = Callable[..., bool]
 GRID = RecordedGrid.load()
+QUOTAS = RecordedGrid.load(QUOTA_RECORDING)
 
 
 def recorded_app(role: str = "replayed", **kwargs: Any) -> FlowmetalApp:
@@ -96,6 +98,21 @@ def test_delay_dialog(snap_compare: Compare) -> None:
 
 def test_push_dialog(snap_compare: Compare) -> None:
     assert snap_compare(recorded_app("steps"), press=["u"], run_before=loaded())
+
+
+def test_quotas_tab(snap_compare: Compare) -> None:
+    async def shown(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        assert isinstance(app, FlowmetalApp)
+        await until(pilot, lambda: app.detail is not None and len(app.index.flows) == len(QUOTAS.data["flows"]),
+                    "the recorded flows")
+        await pilot.press("5")
+        await until(pilot, lambda: len(app.query_one(QuotaView).rows) == len(QUOTAS.data["quota_tree"]["nodes"]),
+                    "the recorded quota tree")
+        await pilot.pause()
+
+    app = FlowmetalApp(QUOTAS.client, clock=lambda: QUOTAS.now, select=QUOTAS.roles["holder"], poll_wait=0.1)
+    assert snap_compare(app, run_before=shown)
 
 
 def test_lost_grid(snap_compare: Compare) -> None:

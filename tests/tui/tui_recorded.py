@@ -6,6 +6,9 @@ times each time. So ``python tests/tui/tui_recorded.py`` runs the fixture flows 
 and a failed receive) and records what the Client API answered. The snapshot tests serve that
 record through ``httpx.MockTransport`` to the real client, and freeze the app's clock at the
 recording's "now". The Pilot tests in ``test_tui_app.py`` are the ones that run a live grid.
+
+``python tests/tui/tui_recorded.py quotas`` records the Quotas tab's state instead: a node with a
+running limit of 1, one flow holding it and one pending behind it (``recorded/quota_state.json``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import httpx
 from flowmetal_cli.client import GridClient
 
 RECORDING = Path(__file__).parent / "recorded" / "grid_state.json"
+QUOTA_RECORDING = Path(__file__).parent / "recorded" / "quota_state.json"
 
 
 class RecordedGrid:
@@ -47,6 +51,8 @@ class RecordedGrid:
         params = request.url.params
         if request.method == "GET" and parts == ["flows"]:
             return httpx.Response(200, json=self.data["flows"])
+        if request.method == "GET" and parts == ["quota", "tree"] and "quota_tree" in self.data:
+            return httpx.Response(200, json=self.data["quota_tree"])
         if request.method == "GET" and len(parts) == 2 and parts[0] == "flows":
             detail = self.data["details"].get(parts[1])
             return httpx.Response(200, json=detail) if detail else self._error(404, f"no flow {parts[1]}")
@@ -103,27 +109,63 @@ def record(path: Path = RECORDING) -> None:
             grid.wait_flow(waiter["id"], ("waiting",))
             wait_until(lambda: all(p.get("alive") for p in client.processes()), 20, "every process to be up")
 
-            flows = client.list_flows()
-            details = {f["id"]: client.get_flow(f["id"]) for f in flows}
-            events: list[dict[str, Any]] = []
-            while True:
-                page = client.events(after=events[-1]["id"] if events else 0)
-                events.extend(page["events"])
-                if len(page["events"]) < 1000:
-                    break
-            bundles = {f["bundle"]: base64.b64encode(client.get_bundle(f["bundle"])).decode() for f in flows}
-            data = {
-                "url": grid.url, "now": max(e["at"] for e in events) + 2.0,
-                "roles": {"steps": steps["id"], "replayed": replayed["id"], "failed": failed["id"],
-                          "waiter": waiter["id"], "killed": victim["id"]},
-                "flows": flows, "details": details, "events": events, "processes": client.processes(),
-                "bundles": bundles,
-            }
+            data = capture(grid, {"steps": steps["id"], "replayed": replayed["id"], "failed": failed["id"],
+                                  "waiter": waiter["id"], "killed": victim["id"]})
+    write(data, path)
+
+
+def capture(grid: Any, roles: dict[str, str], quotas: bool = False) -> dict[str, Any]:
+    """What the Client API answers now: flows (with their reasons), details, events, processes, bundles."""
+    client = grid.client
+    flows = client.list_flows(why=True) if quotas else client.list_flows()
+    details = {f["id"]: client.get_flow(f["id"]) for f in flows}
+    events: list[dict[str, Any]] = []
+    while True:
+        page = client.events(after=events[-1]["id"] if events else 0)
+        events.extend(page["events"])
+        if len(page["events"]) < 1000:
+            break
+    bundles = {f["bundle"]: base64.b64encode(client.get_bundle(f["bundle"])).decode() for f in flows}
+    data = {"url": grid.url, "now": max(e["at"] for e in events) + 2.0, "roles": roles, "flows": flows,
+            "details": details, "events": events, "processes": client.processes(), "bundles": bundles}
+    if quotas:
+        data["quota_tree"] = client.quota_tree()
+    return data
+
+
+def write(data: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"recorded {len(data['flows'])} flows and {len(events)} events to {path}")
+    print(f"recorded {len(data['flows'])} flows and {len(data['events'])} events to {path}")
+
+
+def record_quotas(path: Path = QUOTA_RECORDING) -> None:
+    """A node of the local user's subtree at its running limit: one flow holds it, one waits pending."""
+    import getpass
+
+    with tempfile.TemporaryDirectory(prefix="flowmetal-record-") as temporary:
+        os.environ["FLOWMETAL_HOME"] = str(Path(temporary) / "home")
+        os.environ["FLOWMETAL_CONFIG"] = str(Path(temporary) / "config.toml")
+        from tui_gridkit import FLOWS, local_grid, wait_until
+
+        from flowmetal_cli.bundle import build_bundle
+
+        with local_grid(Path(temporary) / "home") as grid:
+            client = grid.client
+            node = f"/local/{getpass.getuser()}/team"
+            client.quota_set(node, {"running": 1, "live": 4})
+            client.quota_set(f"{node}/web", {"running": 2, "journal_bytes": 65536})
+            built = build_bundle(FLOWS / "until_told.flow")
+            client.upload_bundle(built.data, built.digest)
+            holder = client.start_flow(built.digest, {}, name="until_told.flow", quota=node)
+            grid.wait_flow(holder["id"], ("running",))
+            held = client.start_flow(built.digest, {}, name="until_told.flow", quota=f"{node}/web")
+            wait_until(lambda: "waiting for quota" in str(client.why(held["id"])["reason"]), 20, "the pending flow")
+            wait_until(lambda: all(p.get("alive") for p in client.processes()), 20, "every process to be up")
+            data = capture(grid, {"holder": holder["id"], "held": held["id"]}, quotas=True)
+    write(data, path)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
-    record()
+    record_quotas() if sys.argv[1:] == ["quotas"] else record()
