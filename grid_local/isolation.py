@@ -80,6 +80,15 @@ class Isolation:
         return cls(shared=options.shared, sandbox=options.shared or options.sandbox == "exec",
                    http_allow=parse_networks(options.http_allow))
 
+    @classmethod
+    def from_grid(cls, described: dict[str, Any], options: argparse.Namespace | None = None) -> "Isolation":
+        """The grid's policy, as its Worker API describes it (``GET /v1/connectors/policy``); a
+        connector's own flags can only make it stricter (shared, sandboxed), never open more networks."""
+        flags = cls.from_options(options) if options is not None else cls()
+        shared = bool(described.get("shared")) or flags.shared
+        return cls(shared=shared, sandbox=described.get("sandbox") == "exec" or shared or flags.sandbox,
+                   http_allow=parse_networks(",".join(described.get("http_allow") or [])))
+
     def describe(self) -> dict[str, Any]:
         """For grid.json and ``grid status``."""
         return {"shared": self.shared, "sandbox": "exec" if self.sandbox else "none",

@@ -185,7 +185,7 @@ class Supervisor:
             name = "worker-api" if replicas == 1 else f"worker-api-{number}"
             self.children.append(Child("worker-api", name, [
                 python, "-m", "grid_local.api.serve", "worker", "--home", home, "--host", layout.worker_host,
-                "--port", str(port), "--notify-port", str(poke), *peers(poke), *db]))
+                "--port", str(port), "--notify-port", str(poke), *peers(poke), *db, *self.isolation.argv()]))
         if client_poke:
             client = [python, "-m", "grid_local.api.serve", "client", "--home", home, "--host", self.host,
                       "--port", str(self.client_port), "--notify-port", str(client_poke), *peers(client_poke), *db]

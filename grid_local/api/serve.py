@@ -11,6 +11,7 @@ import uvicorn
 
 from grid_local.api.worker_auth import TOKEN_ENV, TOKEN_FILE
 from grid_local.home import GridPaths
+from grid_local.isolation import Isolation
 
 
 def is_loopback(host: str) -> bool:
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-notify-port", type=int, action="append", default=[],
                         help="UDP port to poke after commits (once per peer API)")
     parser.add_argument("--db", default=None, help="postgresql://... (default: flow.db in the home)")
+    Isolation.add_arguments(parser)  # the Worker API hands the grid's policy to every connector
     options = parser.parse_args(argv)
     paths = GridPaths(options.home, options.db)
     app: Any
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(2, f"error: a Worker API on {options.host} (beyond loopback) needs the grid's credential "
                            f"({TOKEN_ENV} or {TOKEN_FILE} in {paths.home})\n")
 
-        app = create_worker_app(paths, options.notify_port, options.peer_notify_port)
+        app = create_worker_app(paths, options.notify_port, options.peer_notify_port,
+                                Isolation.from_options(options))
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning", access_log=False,
                 loop="uvloop", http="httptools", backlog=2048, timeout_keep_alive=120,
                 timeout_graceful_shutdown=1)

@@ -29,6 +29,7 @@ from grid_local.api.problems import RETRY_AFTER_SECONDS, storage_problem
 from grid_local.db.secrets import load_key
 from grid_local.db.store import FlowStore
 from grid_local.home import GridPaths
+from grid_local.isolation import Isolation
 from grid_local.errors import FlowmetalError, LeaseLostError, NotFoundError, StoreError
 from grid_local.records import WorkerTask
 from grid_local.runtime.journal import ALL_KINDS, CONNECTOR_KINDS, MAX_VALUE_BYTES, JournalEntry
@@ -112,8 +113,10 @@ def handle_errors(handler: Any) -> Any:
 
 class WorkerApi:
     def __init__(self, paths: GridPaths, notify_port: int | None = None,
-                 peer_port: int | list[int] | None = None) -> None:
+                 peer_port: int | list[int] | None = None, isolation: Isolation | None = None) -> None:
         self.paths = paths
+        self.isolation = isolation or Isolation()
+        """The grid's policy; every connector takes it from here (``GET /v1/connectors/policy``)."""
         self.notifier = Notifier()
         self.poke = PeerPoke(self.notifier, notify_port, peer_port)
         self.store: FlowStore | None = None
@@ -371,6 +374,10 @@ class WorkerApi:
             await self.db.send_message(flow_id, stream, line, "connector:resources")
         return JSONResponse({"logged": len(lines)})
 
+    async def policy(self, request: Request) -> Response:
+        """The grid's isolation policy, which connectors apply wherever they run (not their own flags)."""
+        return JSONResponse(self.isolation.describe())
+
     async def health(self, request: Request) -> Response:
         return JSONResponse({"ok": True, "db": self.paths.flow_db_label})
 
@@ -396,6 +403,7 @@ class WorkerApi:
             Route("/v1/connectors/inbox/deliver", handle_errors(self.deliver), methods=["POST"]),
             Route("/v1/connectors/resources/finished", handle_errors(self.finished), methods=["POST"]),
             Route("/v1/connectors/log", handle_errors(self.log), methods=["POST"]),
+            Route("/v1/connectors/policy", handle_errors(self.policy)),
         ]
         app = Starlette(routes=routes, lifespan=self.lifespan, exception_handlers={
             HTTPException: routing_error, Exception: internal_error})
@@ -407,5 +415,5 @@ class WorkerApi:
 
 
 def create_app(paths: GridPaths, notify_port: int | None = None,
-               peer_port: int | list[int] | None = None) -> Starlette:
-    return WorkerApi(paths, notify_port, peer_port).app()
+               peer_port: int | list[int] | None = None, isolation: Isolation | None = None) -> Starlette:
+    return WorkerApi(paths, notify_port, peer_port, isolation).app()

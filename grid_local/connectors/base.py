@@ -58,6 +58,20 @@ def check_in(api: WireClient, who: str) -> None:
         raise
 
 
+def grid_policy(api: WireClient, options: argparse.Namespace, who: str) -> Isolation:
+    """The grid's isolation policy, from its Worker API (retried while none answers): a connector
+    applies it wherever it runs; its own flags can only make it stricter."""
+    try:
+        described = until_answered(lambda: api.get("/v1/connectors/policy"), who)
+    except WireError as exc:
+        exit_if_refused(exc, who)
+        if exc.status == 404:  # fail closed: never guess a policy
+            raise SystemExit(f"{who}: the Worker API does not say the grid's isolation policy "
+                             "(/v1/connectors/policy): run a connector of the grid's own version") from None
+        raise
+    return Isolation.from_grid(described, options)
+
+
 def record(client: WireClient, flow_id: str, seq: int, result: dict[str, Any], executor: str | None,
            kind: str = "request") -> None:
     """Record a request's result, retried until the Worker API takes it; one over the journal's size

@@ -16,9 +16,8 @@ from typing import Any
 
 import httpx
 
-from grid_local.connectors.base import api_client, check_in, connector_args, serve_requests
+from grid_local.connectors.base import api_client, check_in, connector_args, grid_policy, serve_requests
 from grid_local.connectors.egress import EgressPolicy, OwnApis, PolicyTransport, Refused
-from grid_local.isolation import Isolation
 from grid_local.runtime import journal as jr
 
 MAX_BODY = 8 * 1024 * 1024
@@ -61,7 +60,9 @@ def perform(client: httpx.Client, args: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     options = connector_args("http", argv)
-    isolation = Isolation.from_options(options)
+    api = api_client(options.api, options.executor)
+    check_in(api, options.executor)
+    isolation = grid_policy(api, options, options.executor)  # the grid's, wherever this runs
     policy = EgressPolicy(OwnApis(options.api, Path(options.home) if options.home else None),
                           shared=isolation.shared, allow=isolation.http_allow)
     outside = httpx.Client(follow_redirects=True, transport=PolicyTransport(policy))
@@ -72,8 +73,6 @@ def main(argv: list[str] | None = None) -> None:
         crash_point("after")
         return result
 
-    api = api_client(options.api, options.executor)
-    check_in(api, options.executor)
     serve_requests(api, ("http",), options.executor, run, concurrency=16)
 
 

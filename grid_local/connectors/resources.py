@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from grid_local.api.worker_auth import TOKEN_ENV
-from grid_local.connectors.base import api_client, check_in, connector_args, serve_requests
+from grid_local.connectors.base import api_client, check_in, connector_args, grid_policy, serve_requests
 from grid_local.connectors.containers import Containers, EngineUnavailable, grid_label
 from grid_local.connectors.exec_marks import MARK_ENV, kill_group, kill_marked, mark
-from grid_local.connectors.sandbox import Sandbox
+from grid_local.connectors.sandbox import Sandbox, SandboxUnavailable
 from grid_local.home import die_with_parent
-from grid_local.isolation import Isolation
 from grid_local.runtime import journal as jr
 from grid_local.secret_refs import KEY_ENV, mask
 
@@ -129,9 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     if not options.home:
         raise SystemExit("the resources connector needs --home")
     home = Path(options.home)
-    sandbox = Sandbox(hide=[home]) if Isolation.from_options(options).sandbox else None
-    workspaces = Workspaces(home / "workspaces", sandbox)
-    grid = grid_label(Path(options.home))
+    grid = grid_label(home)
 
     def stop(*_: Any) -> None:  # the grid stops: nothing an exec started outlives it
         kill_marked(grid)
@@ -141,9 +138,17 @@ def main(argv: list[str] | None = None) -> None:
     left = kill_marked(grid)  # a previous incarnation's (it was SIGKILLed, or the whole grid was)
     if left:
         print(f"resources: killed {left} process(es) that execs of a previous incarnation left running", flush=True)
-    containers = Containers(Path(options.home), workspaces.root)
     api = api_client(options.api, options.executor)
     check_in(api, options.executor)
+    sandbox = None
+    if grid_policy(api, options, options.executor).sandbox:  # the grid's policy, wherever this runs
+        sandbox = Sandbox(hide=[home])
+        try:
+            sandbox.check()
+        except SandboxUnavailable as exc:  # never run a shared grid's commands unsandboxed
+            raise SystemExit(f"{options.executor}: {exc}") from None
+    workspaces = Workspaces(home / "workspaces", sandbox)
+    containers = Containers(home, workspaces.root)
 
     def log(flow_id: str, stream: str, lines: list[str]) -> None:
         api.post("/v1/connectors/log", {"flow_id": flow_id, "stream": stream, "lines": lines})

@@ -7,6 +7,9 @@ One grid for the module with a tokens file (web under /acme/web, ci under /acme/
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,10 +21,13 @@ import pytest
 
 from flowmetal_cli.bundle import build_bundle
 from flowmetal_cli.client import GridClient
+from grid_local.api.worker_auth import TOKEN_FILE
 from grid_local.home import GridPaths
+from grid_local.layout import COMPONENTS, Layout
 from grid_local.supervisor import free_port, start_background
 from tests.helpers import LoopbackServer, QuietJsonHandler, write_file
 from tests.integration.conftest import FINISHED, stop_grid
+from tests.integration.spread import machine_env, wait_until
 
 TOKENS = """
 [tokens."web-token"]
@@ -589,3 +595,69 @@ def test_a_tenant_neither_uses_sees_nor_removes_another_tenants_secrets(shared: 
     everything = [line for f in web.list_flows(limit=1000) for line in logs(web, f["id"])]
     assert everything and not [line for line in everything if CI_SECRET in line]
     assert CI_SECRET not in str([web.get_flow(f["id"]) for f in web.list_flows(limit=1000)])
+
+
+REMOTE_PROBE = """
+load("pkg.flowmetal.io/workspace/v1", "workspace", "exec")
+
+def _probe_impl(fctx):
+    r = fctx.actions.http("GET", fctx.args.url, check = False)
+    print("http", r.ok, r.value.status if r.ok else r.error)
+    e = exec(fctx.resources.ws, "sh", "-c", "if [ -e " + fctx.args.probe + " ]; then echo visible; else echo hidden; fi")
+    print("home", e.stdout.strip())
+
+probe = flow(implementation = _probe_impl, resources = {"ws": lambda fctx: workspace()})
+
+if __name__ == "__flow__":
+    probe(url = fctx().args.url, probe = fctx().args.probe)
+"""
+
+
+def test_connectors_started_elsewhere_apply_the_shared_grids_policy(tmp_path: Path) -> None:
+    """`flowmetal connector http|resources` on "another machine", given only the Worker API URL and
+    the token file (no --shared, no --sandbox): the grid's policy holds there too, loopback refused
+    and exec sandboxed, because connectors take it from the grid."""
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(TOKENS)
+    paths = GridPaths(tmp_path / "machine-a")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "flowmetal.toml").write_text('[project]\nname = "remote-policy"\n')
+    machine_b = tmp_path / "machine-b"
+    machine_b.mkdir()
+    env = machine_env(machine_b)
+    started: list[subprocess.Popen[bytes]] = []
+    inward = LoopbackServer(Redirect)  # 127.0.0.1: a shared grid refuses loopback
+    try:
+        state = start_background(paths, workers=1, tokens=tokens, timeout=60,
+                                 layout=Layout(components=frozenset(COMPONENTS) - {"connectors"}, worker_apis=1))
+        assert state["isolation"]["shared"] is True
+        token_file = machine_b / "worker-api.token"
+        shutil.copy(paths.home / TOKEN_FILE, token_file)
+        for role in ("clock", "http", "inbox", "resources"):
+            log = open(machine_b / f"{role}.log", "wb")
+            started.append(subprocess.Popen(
+                [sys.executable, "-m", "flowmetal_cli", "connector", role, "--url", ",".join(state["worker_urls"]),
+                 "--token-file", str(token_file)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=machine_b))
+        remote_home = Path(env["FLOWMETAL_HOME"])
+        probe = remote_home / "probe.txt"
+        wait_until(lambda: remote_home.exists(), 30, "the remote connectors' home")
+        probe.write_text("machine b's own file")
+        shared = Shared(str(state["url"]), paths, project)
+        flow_id = shared.start("web-token", "remote-probe.flow", REMOTE_PROBE,
+                               {"url": inward.url, "probe": str(probe)})
+        web = shared.client("web-token")
+        assert wait_finished(web, flow_id, timeout=60)["status"] == "completed", web.get_flow(flow_id)
+        lines = logs(web, flow_id)
+    finally:
+        inward.close()
+        for process in started:
+            process.kill()
+            process.wait(10)
+        stop_grid(paths)
+    assert lines == [
+        f"http False http: refused: 127.0.0.1:{inward.port} is a loopback address: a shared grid reaches "
+        "loopback, link-local and private addresses only where its --http-allow says",
+        "home hidden",  # sandboxed: machine B's home is not there for the command
+    ], lines

@@ -128,3 +128,23 @@ def test_an_unresolvable_name_is_a_connect_error() -> None:
 
     with client(shared=True, resolve=nothing) as shared, pytest.raises(httpx.ConnectError, match="cannot resolve"):
         shared.get("http://nowhere.test/")
+
+
+def test_a_connector_takes_the_grids_policy_and_its_flags_only_tighten_it() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    Isolation.add_arguments(parser)
+    none, loose = parser.parse_args([]), parser.parse_args(["--http-allow", "0.0.0.0/0"])
+    strict = parser.parse_args(["--shared"])
+    shared_grid = {"shared": True, "sandbox": "exec", "http_allow": ["10.1.0.0/16"]}
+    local_grid = {"shared": False, "sandbox": "none", "http_allow": []}
+    # No flags (`flowmetal connector`): the grid's policy, whole.
+    assert Isolation.from_grid(shared_grid, none) == Isolation(True, True, parse_networks("10.1.0.0/16"))
+    assert Isolation.from_grid(local_grid, none) == Isolation(False, False, ())
+    # A connector's own allow list never opens more than the grid's.
+    assert Isolation.from_grid(shared_grid, loose).http_allow == parse_networks("10.1.0.0/16")
+    assert Isolation.from_grid(local_grid, loose).http_allow == ()
+    # Its flags may make it stricter: shared (and so sandboxed) against a local grid.
+    assert Isolation.from_grid(local_grid, strict) == Isolation(True, True, ())
+    assert Isolation.from_grid({"shared": False, "sandbox": "exec"}, none) == Isolation(False, True, ())
