@@ -26,8 +26,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import aiosqlite
-
 from grid_local.db.schema import MIGRATIONS
 from grid_local.errors import NotFoundError, StoreError
 
@@ -38,7 +36,7 @@ T = TypeVar("T")
 
 
 class Row(Protocol):
-    """A result row as the queries use it: by column name or position (aiosqlite.Row, asyncpg.Record)."""
+    """A result row as the queries use it: by column name or position (sqlite3.Row, asyncpg.Record)."""
 
     def __getitem__(self, key: Any) -> Any: ...
 
@@ -137,11 +135,18 @@ class RowReads:
 
 
 class SqliteEngine(RowReads):
-    """One process's connection to the Flow DB file."""
+    """One process's connection to the Flow DB file, used from the event loop's own thread.
+
+    Statements run where the coroutine runs, not in a helper thread: on a local WAL file a
+    statement takes microseconds, and a hand-off to a thread and back (what aiosqlite does for
+    each one) cost about 0.25 ms here, several times the query, with the write lock held across
+    every hop of a transaction. What could block is waiting for another process's write lock, so
+    the connection's busy timeout is 0 and a busy statement is retried after an asyncio sleep
+    (``_while_locked``): the loop goes on serving while this process waits for its turn."""
 
     dialect = SQLITE_DIALECT
 
-    def __init__(self, db: aiosqlite.Connection, path: Path, busy_seconds: float = BUSY_SECONDS) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path, busy_seconds: float = BUSY_SECONDS) -> None:
         self.db = db
         self.path = path
         self.target = str(path)
@@ -155,25 +160,44 @@ class SqliteEngine(RowReads):
     @classmethod
     async def open(cls, path: Path, busy_seconds: float = BUSY_SECONDS) -> "SqliteEngine":
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(str(path), isolation_level=None)
-        db.row_factory = aiosqlite.Row
-        busy_timeout = int(min(busy_seconds, 10.0) * 1000)
-        for pragma in (f"busy_timeout={busy_timeout}", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
-            await db.execute(f"PRAGMA {pragma}")
+        # Opening (and the WAL switch of a new file) may wait for another process: in a thread, with
+        # SQLite's own busy handler, so the loop is not held while it does.
+        def connect() -> sqlite3.Connection:
+            db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                                 timeout=min(busy_seconds, 10.0))
+            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+                db.execute(f"PRAGMA {pragma}").close()
+            return db
+        db = await asyncio.to_thread(connect)
+        db.row_factory = sqlite3.Row
         engine = cls(db, path, busy_seconds)
-        await engine._migrate()
+        try:
+            await asyncio.to_thread(engine._migrate)
+        except BaseException:
+            db.close()
+            raise
+        db.execute("PRAGMA busy_timeout=0").close()  # from here on a busy statement is retried (_while_locked)
         return engine
 
     async def close(self) -> None:
-        await self.db.close()
+        async with self._write_lock:
+            self.db.close()
 
-    async def _migrate(self) -> None:
-        async with self.transaction():
-            version = (await self.the("PRAGMA user_version"))[0]
+    def _migrate(self) -> None:
+        """Bring the schema up to date, in one transaction (in a thread: it may wait for the lock)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in _statements(script):
-                    await self.db.execute(statement)
-                await self.db.execute(f"PRAGMA user_version = {number}")
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {number}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+            raise
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -185,17 +209,17 @@ class SqliteEngine(RowReads):
             try:
                 yield
                 if self._events:
-                    await self.db.executemany(
+                    self.db.executemany(
                         "INSERT INTO events (flow_id, root, kind, data, at) VALUES (?, ?, ?, ?, ?)", self._events
                     )
-                await self.db.execute("COMMIT")
+                self.db.execute("COMMIT")
             except BaseException:
                 self.notes = set()
                 # A full disk or an I/O error (even on COMMIT) may already have rolled the transaction
                 # back; one left open would refuse every later BEGIN of this connection.
                 if self.db.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
-                        await self.db.execute("ROLLBACK")
+                        self.db.execute("ROLLBACK")
                 raise
             finally:
                 self._events = []
@@ -203,8 +227,8 @@ class SqliteEngine(RowReads):
         self._published(notes)
 
     async def write_statement(self, sql: str, params: tuple[Any, ...], notes: set[Note]) -> list[Row]:
-        """One writing statement ending in RETURNING, as its own transaction (one trip to the
-        connection's thread). Returns the rows it changed; ``notes`` are published when there are any."""
+        """One writing statement ending in RETURNING, as its own transaction. Returns the rows it
+        changed; ``notes`` are published when there are any."""
         async with self._write_lock:
             rows = await self._while_locked(sql, params)
         if rows:
@@ -213,8 +237,10 @@ class SqliteEngine(RowReads):
 
     async def execute(self, sql: str, *params: Any) -> int:
         """A write inside ``transaction()``; returns the number of rows it changed."""
-        cursor = await self.db.execute(sql, params)
-        return cursor.rowcount
+        cursor = self.db.execute(sql, params)
+        count = cursor.rowcount
+        cursor.close()
+        return count
 
     def note(self, *topic: Any) -> None:
         """Say what the current transaction changed (published to ``on_commit`` at commit)."""
@@ -228,32 +254,42 @@ class SqliteEngine(RowReads):
         for callback in self.on_commit:
             callback(notes)
 
-    async def _while_locked(self, sql: str, params: tuple[Any, ...]) -> list[Row]:
-        """Run a statement that takes the write lock, retrying while the database is locked.
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Row]:
+        # Run to completion and close: an open statement would pin a stale read snapshot, and a
+        # later BEGIN IMMEDIATE on this connection would fail with "database is locked" at once.
+        cursor = self.db.execute(sql, params)
+        try:
+            return cursor.fetchall()
+        finally:
+            cursor.close()
 
-        SQLite skips the busy handler in some WAL races (SQLITE_BUSY_SNAPSHOT and recovery), so
-        "database is locked" can come back at once even with a busy timeout."""
-        delay = 0.001
+    async def _while_locked(self, sql: str, params: tuple[Any, ...]) -> list[Row]:
+        """Run a statement that may find the database locked by another process, retrying after a
+        short asyncio sleep until ``busy_seconds`` have passed.
+
+        (SQLite also answers "database is locked" at once in some WAL races, SQLITE_BUSY_SNAPSHOT
+        and recovery, which a busy handler would not have waited out either.)"""
+        delay = 0.0002
         deadline = time.monotonic() + self.busy_seconds
         while True:
             try:
-                return list(await self.db.execute_fetchall(sql, params))
+                return self._fetch(sql, params)
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
+                if self.db.in_transaction and sql != "BEGIN IMMEDIATE":
+                    raise  # inside a transaction: the caller's to roll back, not a statement to retry alone
                 if time.monotonic() > deadline:
                     raise StoreError(f"the Flow DB stayed locked for {self.busy_seconds:g} s") from exc
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                delay = min(delay * 2, 0.02)
 
     # -- reading --------------------------------------------------------------------------------
 
-    # Statements always run to completion and close: an open one would pin a stale read snapshot,
-    # and a later BEGIN IMMEDIATE on this connection would fail with "database is locked" at once.
     async def all(self, sql: str, *params: Any) -> list[Row]:
-        # One trip to the connection's thread (execute, fetch and close together): in a VM each
-        # cross-thread hand-off costs far more than the query itself.
-        return list(await self.db.execute_fetchall(sql, params))
+        if self.db.in_transaction:
+            return self._fetch(sql, params)
+        return await self._while_locked(sql, params)  # (a read can meet a WAL recovery: retried)
 
     async def one_committed(self, sql: str, *params: Any) -> Row | None:
         """A read whose answer leaves the process, taken under the write lock: this connection is
