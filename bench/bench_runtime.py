@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from grid_local.runtime.execution import Completed, FlowExecution, FlowTask, Limits  # noqa: E402
+from grid_local.runtime.execution import Completed, FlowExecution, FlowTask  # noqa: E402
+from grid_local.runtime.limits import Limits  # noqa: E402
 from grid_local.runtime.memory import MemoryGrid  # noqa: E402
 from grid_local.runtime.sources import DirectorySource  # noqa: E402
 

@@ -26,7 +26,7 @@ from typing import Any
 from grid_local import bundle_format
 from grid_local.errors import BundleError, LoadError, ScriptError, SourceLocation
 from grid_local.runtime import dialect, sources
-from grid_local.runtime.execution import Limits
+from grid_local.runtime.limits import Limits
 
 ENTRY_SUFFIXES = (".flow", ".star")
 

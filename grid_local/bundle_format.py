@@ -27,6 +27,9 @@ from typing import Any
 
 from grid_local.errors import BundleError
 
+PROJECT_FILE = "flowmetal.toml"
+"""A project's settings file; its contents travel in the bundle's manifest as ``settings``."""
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FILES_DIR = "files/"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import functools
+import json
 import os
 import resource
 import signal
@@ -26,7 +27,6 @@ from typing import IO, Any
 from grid_local.api.wire import WireClient, WireError
 from grid_local.api.worker_auth import TOKEN_ENV, auth_headers, new_token
 from grid_local.connectors import sandbox
-from grid_local.db.startup import prepare_flow_db
 from grid_local.home import GridPaths, die_with_parent, is_supervisor_of, pid_alive, process_identity
 from grid_local.isolation import SANDBOX_CHOICES, Isolation
 from grid_local.layout import Layout, read_token_file
@@ -312,8 +312,22 @@ class Supervisor:
 
         Nothing of a previous grid instance survives it (its children die with its supervisor), so
         every flow it leased is runnable again and every request it had in flight is declared
-        interrupted now, instead of after their leases expire."""
-        flows, requests = prepare_flow_db(self.paths.flow_db, self.clock)
+        interrupted now, instead of after their leases expire.
+
+        In a short-lived process of its own (``grid_local.db.startup``): the supervisor lives as long
+        as the grid and need not carry the Flow DB's code to use it once. The target travels on
+        stdin, since a PostgreSQL URL may hold a password."""
+        target = self.paths.flow_db
+        argv = [sys.executable, "-m", "grid_local.db.startup", "--clock", self.clock]
+        done = subprocess.run(argv + (["--file"] if isinstance(target, Path) else []), input=str(target),
+                              capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.strip()]
+        if done.returncode != 0 or not lines:
+            errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+            raise RuntimeError(errors[-1] if errors else f"preparing the Flow DB failed (exit {done.returncode}): "
+                               f"{done.stderr.strip()[-500:]}")
+        released = json.loads(lines[-1])
+        flows, requests = released["flows"], released["requests"]
         if flows or requests:
             self.log(f"recovered from the previous grid: {flows} flows released, {requests} requests in flight "
                      "declared interrupted")

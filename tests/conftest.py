@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from grid_local.runtime.execution import Limits, Outcome
+from grid_local.runtime.execution import Outcome
+from grid_local.runtime.limits import Limits
 from grid_local.runtime.memory import MemoryGrid
 from grid_local.runtime.sources import PROJECT_FILE, DirectorySource
 from tests.helpers import write_file

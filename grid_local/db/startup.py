@@ -8,8 +8,11 @@ an older one); then, on both, the previous grid's leases are released.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import sqlite3
+import sys
 from pathlib import Path
 
 from grid_local.db.store import FlowStore
@@ -55,3 +58,25 @@ def prepare_flow_db(target: str | Path, clock: str = "real") -> tuple[int, int]:
     if isinstance(target, Path):
         check_flow_db(target)
     return asyncio.run(_release_previous_grid(target, clock))
+
+
+def main() -> None:
+    """Run by a starting supervisor (``Supervisor.prepare_db``): the reason it failed on one line
+    starting ``error:``, else what it released, as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m grid_local.db.startup",
+                                     description="Check and prepare a Flow DB (its target on stdin).")
+    parser.add_argument("--clock", choices=["real", "virtual"], default="real")
+    parser.add_argument("--file", action="store_true", help="the target is an SQLite file, not a URL")
+    options = parser.parse_args()
+    text = sys.stdin.read().strip()
+    target: str | Path = Path(text) if options.file else text
+    try:
+        flows, requests = prepare_flow_db(target, options.clock)
+    except StoreError as exc:
+        print(f"error: {exc}", flush=True)
+        sys.exit(1)
+    print(json.dumps({"flows": flows, "requests": requests}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -33,80 +33,10 @@ from grid_local.errors import (
 )
 from grid_local.runtime import dialect, habits, journal, sources
 from grid_local.runtime.journal import JournalEntry
+from grid_local.runtime.limits import Limits
 from grid_local.secret_refs import reference
 
 _current = threading.local()
-
-
-LIMIT_NAMES = ("eval_budget", "max_callstack", "suspend_after")
-
-
-@dataclass
-class Limits:
-    """Bounds on one flow's evaluation (``[limits]`` in flowmetal.toml lowers them, up to the grid's maxima)."""
-
-    eval_budget: float = 10.0
-    """CPU seconds a flow may evaluate between two actions before it is stopped."""
-    max_callstack: int = 100
-    """Deepest Starlark call stack allowed."""
-    suspend_after: float = 10.0
-    """Seconds to wait in memory for an action's result before suspending the flow."""
-    capped: tuple[str, ...] = ()
-    """The limits a bundle asked to raise above the grid's maxima (they were held at the maxima)."""
-
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any], maxima: "Limits | None" = None) -> "Limits":
-        """The limits of flows of a bundle whose flowmetal.toml holds ``settings``, within ``maxima``.
-
-        A bundle can lower any limit; asking for more than the grid's maximum gets the maximum
-        (recorded in ``capped``, so that the error of a flow that hits it says so). A value of the
-        wrong type raises BundleError naming the setting and the value."""
-        maxima = maxima or GRID_MAXIMA
-        section = settings.get("limits", {}) if isinstance(settings, dict) else {}
-        if not isinstance(section, dict):
-            raise BundleError(f"{sources.PROJECT_FILE}: [limits] must be a table, got {section!r}")
-        unknown = sorted(set(section) - set(LIMIT_NAMES))
-        if unknown:
-            raise BundleError(f"{sources.PROJECT_FILE}: [limits] has no setting '{unknown[0]}' "
-                              f"(known: {', '.join(LIMIT_NAMES)})")
-        values: dict[str, Any] = {}
-        capped = []
-        for name in LIMIT_NAMES:
-            maximum = getattr(maxima, name)
-            value = section.get(name, getattr(cls, name))
-            value = _limit_value(name, value)
-            if value > maximum:
-                value = maximum
-                capped.append(name)
-            values[name] = value
-        return cls(**values, capped=tuple(capped))
-
-    def hint(self, name: str, flag: str) -> str:
-        """How the user can change limit ``name``: in flowmetal.toml, or (when capped) where the grid starts."""
-        if name in self.capped:
-            return f"[limits] {name}, capped at the grid's maximum: grid up {flag}"
-        return f"[limits] {name}"
-
-
-def _limit_value(name: str, value: Any) -> Any:
-    shown = f"{sources.PROJECT_FILE}: [limits] {name}"
-    if name == "max_callstack":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise BundleError(f"{shown} must be a whole number, got {value!r}")
-        if value < 1:
-            raise BundleError(f"{shown} must be at least 1, got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BundleError(f"{shown} must be a number, got {value!r}")
-    if not value > 0 or value != value or value == float("inf"):
-        raise BundleError(f"{shown} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-GRID_MAXIMA = Limits(eval_budget=60.0, max_callstack=10000, suspend_after=300.0)
-"""The grid's own maxima unless it is started with others (grid up --max-eval-budget, --max-callstack,
---max-suspend-after). 10,000 frames fit the 8 MiB stack of a flow thread with room to spare (about
-40,000 do not)."""
 
 
 @dataclass

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grid_local.runtime import rules
-from grid_local.runtime.execution import Completed, Failed, FlowExecution, FlowTask, Limits, Outcome
+from grid_local.runtime.execution import Completed, Failed, FlowExecution, FlowTask, Outcome
+from grid_local.runtime.limits import Limits
 from grid_local.runtime.journal import JournalEntry
 from grid_local.runtime.sources import SourceTree
 

@@ -9,10 +9,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
+from grid_local import bundle_format
 from grid_local.errors import LoadError, SourceLocation
 from grid_local.runtime import dialect
 
-PROJECT_FILE = "flowmetal.toml"
+PROJECT_FILE = bundle_format.PROJECT_FILE
 BUILTIN_PREFIX = "pkg.flowmetal.io/"
 # Built-in libraries by load target; the prelude's alias resolves to the same file.
 BUILTIN_LIBRARIES = {

@@ -31,12 +31,12 @@ from grid_local.runtime.execution import (
     Failed,
     FlowExecution,
     FlowTask,
-    Limits,
     Outcome,
     Suspended,
 )
 from grid_local.runtime import rules
 from grid_local.runtime.journal import JournalEntry
+from grid_local.runtime.limits import Limits
 from grid_local.runtime.sources import MappingSource
 from grid_local.worker.port import WorkerApiPort
 from grid_local.worker.settings import WorkerSettings

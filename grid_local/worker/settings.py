@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from grid_local.runtime.execution import GRID_MAXIMA, Limits
+from grid_local.runtime.limits import GRID_MAXIMA, Limits
 
 MIB = 1024 * 1024
 STACK_BYTES_PER_FRAME = 800

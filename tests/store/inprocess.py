@@ -12,7 +12,8 @@ import time
 from typing import Any
 
 from grid_local.db.store import FINISHED, FlowStore
-from grid_local.runtime.execution import Completed, Failed, FlowExecution, FlowTask, Limits, Suspended
+from grid_local.runtime.execution import Completed, Failed, FlowExecution, FlowTask, Suspended
+from grid_local.runtime.limits import Limits
 from grid_local.runtime.journal import JournalEntry
 from grid_local.runtime.memory import QUOTA
 from grid_local.runtime.sources import SourceTree

@@ -8,7 +8,8 @@ import tomllib
 
 import pytest
 
-from grid_local.runtime.execution import Completed, Failed, FlowExecution, FlowTask, Limits
+from grid_local.runtime.execution import Completed, Failed, FlowExecution, FlowTask
+from grid_local.runtime.limits import Limits
 from grid_local.runtime.memory import MemoryGrid
 from grid_local.runtime.sources import DirectorySource
 

@@ -10,7 +10,8 @@ import pytest
 
 from grid_local.errors import ArgumentError, NonDeterminismError
 from grid_local.runtime import journal
-from grid_local.runtime.execution import Completed, Failed, FlowExecution, FlowTask, Limits, Suspended
+from grid_local.runtime.execution import Completed, Failed, FlowExecution, FlowTask, Suspended
+from grid_local.runtime.limits import Limits
 from grid_local.runtime.journal import JournalEntry
 from grid_local.runtime.memory import MemoryGrid
 from grid_local.runtime.sources import DirectorySource
@@ -333,7 +334,8 @@ def test_non_json_flow_result_fails_the_child(flow_project):
 
 def test_script_that_stops_short_of_its_journal_is_non_deterministic(tmp_path) -> None:
     """A replay that completes without reaching every recorded action means the script changed."""
-    from grid_local.runtime.execution import Failed, FlowExecution, FlowTask, Limits
+    from grid_local.runtime.execution import Failed, FlowExecution, FlowTask
+    from grid_local.runtime.limits import Limits
     from grid_local.runtime.memory import MemoryGrid
     from grid_local.runtime.sources import DirectorySource
 

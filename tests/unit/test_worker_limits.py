@@ -8,7 +8,8 @@ import time
 import pytest
 
 from grid_local.errors import BundleError
-from grid_local.runtime.execution import GRID_MAXIMA, Failed, Limits
+from grid_local.runtime.execution import Failed
+from grid_local.runtime.limits import GRID_MAXIMA, Limits
 from grid_local.worker.settings import WorkerSettings
 from grid_local.worker.slots import Slots
 
