@@ -33,6 +33,7 @@ from flowmetal_cli.client import GridClient
 from grid_local.bundle_format import write_bundle
 from grid_local.home import GridPaths
 from grid_local.supervisor import start_background, stop_background
+from grid_local.worker.settings import WorkerSettings
 
 FINISHED = ("completed", "failed", "cancelled")
 
@@ -92,12 +93,15 @@ class MemorySampler(threading.Thread):
         self.paths = paths
         self.peak_rss = 0
         self.peak_pss = 0
+        self.peak_by_role: dict[str, int] = {}
+        """Each role's own peak PSS (roles such as ``worker`` sum their processes)."""
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(0.05):
             state = self.paths.read_state() or {}
             rss = pss = 0
+            by_role: dict[str, int] = {}
             for process in state.get("processes", []):
                 try:
                     with open(f"/proc/{process['pid']}/smaps_rollup") as rollup:
@@ -105,11 +109,16 @@ class MemorySampler(threading.Thread):
                             if line.startswith("Rss:"):
                                 rss += int(line.split()[1]) * 1024
                             elif line.startswith("Pss:"):
-                                pss += int(line.split()[1]) * 1024
+                                own = int(line.split()[1]) * 1024
+                                pss += own
+                                role = str(process.get("role", "?")).split(":")[0]
+                                by_role[role] = by_role.get(role, 0) + own
                 except (OSError, KeyError, TypeError):
                     pass
             self.peak_rss = max(self.peak_rss, rss)
             self.peak_pss = max(self.peak_pss, pss)
+            for role, own in by_role.items():
+                self.peak_by_role[role] = max(self.peak_by_role.get(role, 0), own)
 
 
 def wait_root(client: GridClient, flow_id: str, timeout: float = 120.0,
@@ -286,6 +295,7 @@ def waiting_memory(client: GridClient, paths: GridPaths, digest: str, count: int
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--slots", type=int, default=None, help="flows each worker evaluates at once (grid up --slots)")
     parser.add_argument("--only", default="", help="comma-separated workloads to run (W1..W6, W1c..W3c, resume, waiting)")
     options = parser.parse_args()
     only = set(filter(None, options.only.split(",")))
@@ -296,7 +306,8 @@ def main() -> None:
         signal.signal(stop, lambda *_: sys.exit(1))  # so that `finally` stops the grid
     home = Path(tempfile.mkdtemp(prefix="flowmetal-bench-"))
     paths = GridPaths(home)
-    state = start_background(paths, workers=options.workers)
+    settings = None if options.slots is None else WorkerSettings(slots=options.slots)
+    state = start_background(paths, workers=options.workers, worker_settings=settings)
     sampler = MemorySampler(paths)
     sampler.start()
     client = GridClient(state["url"])
@@ -346,7 +357,8 @@ def main() -> None:
         emit({"workload": "memory", "workers": options.workers,
               "processes": len((paths.read_state() or {}).get("processes", [])),
               "peak_rss_sum_mib": round(sampler.peak_rss / (1024 * 1024), 1),
-              "peak_pss_sum_mib": round(sampler.peak_pss / (1024 * 1024), 1)})
+              "peak_pss_sum_mib": round(sampler.peak_pss / (1024 * 1024), 1),
+              "peak_pss_by_role_mib": {role: round(peak / 2**20, 1) for role, peak in sorted(sampler.peak_by_role.items())}})
     finally:
         client.close()
         stop_background(paths)
