@@ -4,7 +4,8 @@ A flow's ``fctx.secrets.<alias>`` is the string ``{{flowmetal.secret:<name>}}``.
 substitutes the value for the reference as it performs a request, and masks every occurrence of
 the value in the result (``***``) before it is recorded: the value itself and its common encodings
 (base64 standard and URL-safe, padded or not, also where the value sits inside a longer encoded text
-such as ``user:value``; percent-encoding; hex; a JSON string's escapes).
+such as ``user:value``; percent-encoding; hex; a JSON string's escapes). Where an output limit cut
+through one of those, the part left at the edge of the text is masked too.
 """
 
 from __future__ import annotations
@@ -76,12 +77,45 @@ def mask(value: Any, values: dict[str, str]) -> Any:
     return _masked(value, forms) if forms else value
 
 
+def _spans(text: str, form: str) -> list[tuple[int, int]]:
+    """Where ``form`` is in ``text``; and, since an output limit may have cut the text (a command's
+    output keeps its last MiB, an HTTP body its first 8 MiB), the end of ``form`` at the text's start
+    or its beginning at the text's end, when at least MIN_ENCODED characters of it are there."""
+    found = []
+    at = text.find(form)
+    while at != -1:
+        found.append((at, at + len(form)))
+        at = text.find(form, at + 1)
+    head, tail = text[:MIN_ENCODED], text[-MIN_ENCODED:]
+    if len(head) < MIN_ENCODED:
+        return found
+    at = form.find(head, 1)  # the longest end of form that the text starts with (its first place)
+    while at != -1:
+        if text.startswith(form[at:]):
+            found.append((0, len(form) - at))
+            break
+        at = form.find(head, at + 1)
+    at = form.rfind(tail, 0, len(form) - 1)  # the longest beginning of form that the text ends with
+    while at != -1:
+        if text.endswith(form[:at + MIN_ENCODED]):
+            found.append((len(text) - at - MIN_ENCODED, len(text)))
+            break
+        at = form.rfind(tail, 0, at + MIN_ENCODED - 1)
+    return found
+
+
 def _masked(value: Any, forms: list[str]) -> Any:
     if isinstance(value, str):
-        for form in forms:
-            if form in value:
-                value = value.replace(form, MASK)
-        return value
+        spans = sorted(span for form in forms for span in _spans(value, form))
+        if not spans:
+            return value
+        pieces: list[str] = []
+        kept = -1  # the end of the last masked stretch (overlapping or touching spans are one)
+        for start, end in spans:
+            if start > kept:
+                pieces += [value[max(kept, 0):start], MASK]
+            kept = max(kept, end)
+        return "".join(pieces) + value[kept:]
     if isinstance(value, list):
         return [_masked(v, forms) for v in value]
     if isinstance(value, dict):

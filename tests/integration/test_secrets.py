@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
+from grid_local.connectors.resources import MAX_OUTPUT
 from tests.helpers import LoopbackServer, QuietJsonHandler
 from tests.integration.conftest import Grid
 
@@ -205,15 +206,20 @@ def _echo_impl(fctx):
              "echo plain=$TOKEN; printf %s \\"$TOKEN\\" | base64; printf %s \\"$TOKEN\\" | base64 | tr -d =; " +
              "printf %s \\"$TOKEN\\" | base64 | tr '+/' '-_'; printf %s \\"$TOKEN\\" | od -An -tx1 | tr -d ' \\\\n'",
              env = {"TOKEN": token})
+    # Output over the limit keeps its last MiB: the cut goes through the value.
+    cut = exec(fctx.resources.ws, "sh", "-c",
+               "printf %s \\"$TOKEN\\"; head -c " + str(fctx.args.filler) + " /dev/zero | tr '\\\\0' a",
+               env = {"TOKEN": token})
     print("http", json.encode(r.json))
     print("exec", e.stdout)
+    print("cut", cut.stdout[:12])
     return {"body": r.body, "out": e.stdout, "err": e.stderr}
 
 echo = flow(implementation = _echo_impl, secrets = {"token": "api-token"},
             resources = {"ws": lambda fctx: workspace()})
 
 if __name__ == "__flow__":
-    print(json.encode(echo(url = fctx().args.url)))
+    print(json.encode(echo(url = fctx().args.url, filler = fctx().args.filler)))
 """
 
 
@@ -230,7 +236,7 @@ def test_no_encoding_of_a_secrets_echo_reaches_the_flow_db_or_a_log(grid: Grid) 
     EncodingEcho.seen = []
     try:
         assert cli(grid, "secret", "set", "api-token", input=ENCODED_VALUE).returncode == 0
-        flow_id = grid.start(grid.write("echoes.flow", ECHOES), {"url": server.url})
+        flow_id = grid.start(grid.write("echoes.flow", ECHOES), {"url": server.url, "filler": MAX_OUTPUT - 10})
         flow = grid.wait(flow_id)
     finally:
         server.close()
@@ -247,11 +253,12 @@ def test_no_encoding_of_a_secrets_echo_reaches_the_flow_db_or_a_log(grid: Grid) 
         left, right = embedded.split("***")  # exactly one mask
         assert len(left) <= 4 * -(-len(prefix) // 3) and len(right) <= 4, echoed
     assert lines[1] == "exec plain=***\n***\n***\n***\n***", lines
+    assert lines[2] == "cut ***aaaaaaaaa", lines  # the value's last 10 characters began the kept output
 
     home = grid.paths.home
     db = grid.paths.db
     assert {Path(f"{db}-wal").exists(), Path(f"{db}-shm").exists()} == {True}, list(home.iterdir())
-    forms = encoded_forms(ENCODED_VALUE)
+    forms = {**encoded_forms(ENCODED_VALUE), "cut": ENCODED_VALUE[-10:].encode() + b"aaaa"}
     assert found_in(home, forms) == []  # while running: the DB, its WAL and shm, every log
     assert grid.cli("grid", "down").returncode == 0
     assert found_in(home, forms) == []  # stopped: logs flushed, the WAL checkpointed

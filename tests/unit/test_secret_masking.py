@@ -83,3 +83,22 @@ def test_several_secrets_the_longest_first() -> None:
     assert mask("open-sesame-and-more / open-sesame", values) == f"{MASK} / {MASK}"
     both = base64.b64encode(b"open-sesame-and-more").decode()
     assert mask(both, values) == MASK
+
+
+@pytest.mark.parametrize("form", [VALUE, base64.b64encode(VALUE.encode()).decode(), VALUE.encode().hex()])
+def test_what_an_output_limit_cut_through_is_masked_at_the_edges(form: str) -> None:
+    """A command's output keeps its last MiB and an HTTP body its first 8 MiB: the cut may leave the
+    end of a value at the start of the text, or its beginning at the end."""
+    for kept in range(MIN_ENCODED, len(form)):
+        assert mask(form[-kept:] + " and the rest", VALUES) == f"{MASK} and the rest", kept
+        assert mask("the start and " + form[:kept], VALUES) == f"the start and {MASK}", kept
+    short = form[:MIN_ENCODED - 1]  # too little to say: left alone
+    assert mask("x " + short, VALUES) == "x " + short
+    assert mask(f"in the middle {VALUE[:-1]} is no cut", VALUES) == f"in the middle {VALUE[:-1]} is no cut"
+
+
+def test_overlapping_and_repeating_values_leave_nothing() -> None:
+    assert mask("aaaaaaaaaa", {"a": "aaaaaaa"}) == MASK  # overlapping occurrences: one stretch
+    periodic = "abcabcabc"
+    assert mask(periodic + " rest", {"p": periodic}) == f"{MASK} rest"
+    assert mask("x" + periodic + periodic + "y", {"p": periodic}) == f"x{MASK}y"
