@@ -119,7 +119,7 @@ class FlowExecution:
         self._child_tracebacks: dict[str, str] = {}
         self._frozen: dict[str, sl.FrozenModule] = {}
         self._loading: list[str] = []
-        self._options = sl.EvalOptions(check_cancelled=self._check_cancelled, max_callstack_size=limits.max_callstack)
+        self._options: sl.EvalOptions | None = None
 
     # -- control from other threads ---------------------------------------------------------
 
@@ -132,9 +132,14 @@ class FlowExecution:
         outer = getattr(_current, "execution", None)  # inline child evaluations nest (memory grid)
         _current.execution = self
         self._cpu_since = time.thread_time()
+        # The options hold a bound method of this execution, and the garbage collector cannot see
+        # into them (a native object): kept past the run, the cycle would keep every finished
+        # execution, its journal and its task, alive for the worker's whole life.
+        self._options = sl.EvalOptions(check_cancelled=self._check_cancelled, max_callstack_size=self.limits.max_callstack)
         try:
             return self._run()
         finally:
+            self._options = None
             _current.execution = outer
 
     def _run(self) -> Outcome:

@@ -217,3 +217,35 @@ def test_n_sequential_child_flows_evaluate_the_root_once(flow_project):
     assert grid.output(root) == ["1225"]
     assert grid.evaluations == 1 + 50  # the root once, each child once
     assert grid.appends == 50 * 2 + 1  # run + wait per child, one print
+
+
+class _AnsweringPort:
+    """Answers every action at once (no grid): what the test measures is the execution itself."""
+
+    def append(self, task, entry):
+        return {"ok": True, "value": 1}
+
+    def wait_result(self, task, seq, timeout):
+        return None
+
+
+def test_a_finished_execution_is_freed():
+    """A worker runs millions of flows: none may outlive its run with its task and journal. (The
+    evaluation options hold a callback into the execution, a cycle the collector cannot see.)"""
+    import gc
+    import weakref
+
+    from grid_local.runtime.sources import MappingSource
+
+    tree = MappingSource({"main.flow": "def _step(fctx):\n    fctx.actions.now()\n    return 1\n\n"
+                                       "step = flow(implementation = _step)\n"})
+    refs = []
+    for i in range(20):
+        task = FlowTask(flow_id=f"f{i}", entry={"module": "main.flow", "function": "_step"}, args={},
+                        quota=QUOTA, journal=[])
+        execution = FlowExecution(task, tree, _AnsweringPort(), Limits())
+        assert execution.run() == Completed(1)
+        refs.append(weakref.ref(execution))
+        del execution
+    gc.collect()
+    assert [ref for ref in refs if ref() is not None] == []
