@@ -6,8 +6,9 @@ process that leaves the group (``setsid``, a daemon's double fork) or the folder
 is killed: that exec's when the command ends, a flow's when its resources close (the flow ended,
 however), the grid's when the resources connector stops or starts again after a crash.
 
-Not covered: a process that clears its own environment before it forks away (only a sandbox, or
-a container, bounds that; see docs/security.md).
+A process that clears its own environment and leaves the session has no mark: unsandboxed, the
+resources connector is its subreaper and kills it (``orphans.py``); sandboxed, its pid namespace
+ends with the command.
 """
 
 from __future__ import annotations

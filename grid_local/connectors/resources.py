@@ -23,6 +23,7 @@ from grid_local.api.worker_auth import TOKEN_ENV
 from grid_local.connectors.base import api_client, check_in, connector_args, grid_policy, serve_requests
 from grid_local.connectors.containers import Containers, EngineUnavailable, grid_label
 from grid_local.connectors.exec_marks import MARK_ENV, kill_group, kill_marked, mark
+from grid_local.connectors.orphans import Orphans
 from grid_local.connectors.sandbox import Sandbox, SandboxUnavailable
 from grid_local.home import die_with_parent
 from grid_local.runtime import journal as jr
@@ -36,10 +37,11 @@ KINDS = ("workspace", "docker")
 
 
 class Workspaces:
-    def __init__(self, root: Path, sandbox: Sandbox | None = None) -> None:
+    def __init__(self, root: Path, sandbox: Sandbox | None = None, orphans: Orphans | None = None) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.sandbox = sandbox  # commands run under bubblewrap (a shared grid), else as the grid's user
+        self.orphans = orphans  # unsandboxed: this process is the commands' subreaper (orphans.py)
 
     def open(self, flow_id: str, args: dict[str, Any]) -> dict[str, Any]:
         name = str(args.get("name", ""))
@@ -72,10 +74,13 @@ class Workspaces:
         if tag:
             env[MARK_ENV] = tag
         command = self.sandbox.command(path, argv) if self.sandbox else argv
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(command, cwd=path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, env=env,
+                                    start_new_session=True)
+
         try:
-            process = subprocess.Popen(command, cwd=path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, env=env,
-                                       start_new_session=True)
+            process = self.orphans.spawn(start) if self.orphans else start()
         except FileNotFoundError:
             return jr.err(f"exec: command not found: {argv[0]}")
         except OSError as exc:
@@ -96,6 +101,8 @@ class Workspaces:
             if tag:
                 kill_marked(tag)
             process.wait()
+            if self.orphans:
+                self.orphans.ended(process.pid)  # and what it left without its mark or its session
         for reader in readers:
             reader.join(timeout=5)
         if timed_out:
@@ -130,8 +137,12 @@ def main(argv: list[str] | None = None) -> None:
     home = Path(options.home)
     grid = grid_label(home)
 
+    orphans: Orphans | None = None
+
     def stop(*_: Any) -> None:  # the grid stops: nothing an exec started outlives it
         kill_marked(grid)
+        if orphans:
+            orphans.kill_all()
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
@@ -147,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
             sandbox.check()
         except SandboxUnavailable as exc:  # never run a shared grid's commands unsandboxed
             raise SystemExit(f"{options.executor}: {exc}") from None
-    workspaces = Workspaces(home / "workspaces", sandbox)
+    if sandbox is None:  # a sandboxed command's pid namespace holds whatever it leaves
+        orphans = Orphans()
+    workspaces = Workspaces(home / "workspaces", sandbox, orphans)
     containers = Containers(home, workspaces.root)
 
     def log(flow_id: str, stream: str, lines: list[str]) -> None:
@@ -202,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         while True:
             try:
                 engine_retry = sweep(engine_retry)
+                if orphans:
+                    orphans.sweep()
             except Exception as exc:  # keep sweeping; say why in the connector's log
                 print(f"resources: sweep: {exc!r}", flush=True)
                 time.sleep(SWEEP_SECONDS)

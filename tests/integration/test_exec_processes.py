@@ -101,7 +101,8 @@ def test_grid_down_kills_what_running_commands_started(grid: Grid) -> None:
     assert wait_dead(pids) == [], "a process an exec started outlived the grid"
 
 
-# The command leaves a nohup'd and a setsid'd process behind, then waits for the test to say "go"
+# The command leaves a nohup'd and a setsid'd process behind, and one that clears its environment (so
+# has no exec mark) and leaves the session, then waits for the test to say "go"
 # (a file in its workspace) before it ends normally; the test may instead cancel it or stop the grid.
 LEAVES = """
 load("pkg.flowmetal.io/workspace/v1", "workspace", "exec")
@@ -110,6 +111,7 @@ def _leave_impl(fctx):
     n = fctx.args.nonce
     exec(fctx.resources.ws, "sh", "-c",
          "nohup sleep 600." + n + "1 > /dev/null 2>&1 & setsid sleep 600." + n + "2 > /dev/null 2>&1 & " +
+         "env -i setsid -f sleep 600." + n + "3 > /dev/null 2>&1; " +
          "while [ ! -e go ]; do sleep 0.05; done", timeout = 300)
 
 leave = flow(implementation = _leave_impl, resources = {"ws": lambda fctx: workspace()})
@@ -154,11 +156,11 @@ def test_nothing_an_exec_left_behind_outlives_it(grid_factory: Any, sandbox: str
     nonce = str(secrets.randbelow(10**9)).rjust(9, "0")
     flow_id = grid.start(grid.write("leaves.flow", LEAVES), {"nonce": nonce})
 
-    def both_left() -> dict[int, str]:
+    def all_left() -> dict[int, str]:
         found = carrying(nonce)
-        return found if sum(cmd.startswith("sleep 600.") for cmd in found.values()) == 2 else {}
+        return found if sum(cmd.startswith("sleep 600.") for cmd in found.values()) == 3 else {}
 
-    found = wait_for(both_left, f"the command started its two background sleeps: {grid.client.get_flow(flow_id)}")
+    found = wait_for(all_left, f"the command started its three background sleeps: {grid.client.get_flow(flow_id)}")
     assert any(cmd.startswith("sh -c nohup") for cmd in found.values()), found
     assert any(cmd.startswith("/usr/bin/bwrap ") for cmd in found.values()) == (sandbox == "exec"), found
     if ending == "ends":
