@@ -177,3 +177,35 @@ def test_nothing_an_exec_left_behind_outlives_it(grid_factory: Any, sandbox: str
     while carrying(nonce) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert carrying(nonce) == {}, f"outlived its exec ({ending}, sandbox {sandbox}): {carrying(nonce)}"
+
+
+QUICK_ESCAPE = """
+load("pkg.flowmetal.io/workspace/v1", "workspace", "exec")
+
+def _escape_impl(fctx):
+    exec(fctx.resources.ws, "sh", "-c", "env -i setsid -f sleep 600." + fctx.args.nonce + "3 > /dev/null 2>&1")
+
+escape = flow(implementation = _escape_impl, resources = {"ws": lambda fctx: workspace()})
+
+if __name__ == "__flow__":
+    escape(nonce = fctx().args.nonce)
+"""
+
+
+def test_a_leftover_without_its_mark_never_takes_a_running_command_s_processes(grid: Grid) -> None:
+    """Unsandboxed: flow A's command runs (with its own leftovers) while flow B's command leaves an
+    unmarked escapee and ends. B's end kills none of A's; once A ends, neither A's nor B's remain."""
+    first, second = (str(secrets.randbelow(10**9)).rjust(9, "0") for _ in range(2))
+    running = grid.start(grid.write("leaves.flow", LEAVES), {"nonce": first})
+    wait_for(lambda: sum(c.startswith("sleep 600.") for c in carrying(first).values()) == 3, "A's three sleeps")
+    quick = grid.start(grid.write("escape.flow", QUICK_ESCAPE), {"nonce": second})
+    assert grid.wait(quick)["status"] == "completed"
+    assert len(carrying(first)) == 4, carrying(first)  # A's sh and its three leftovers, untouched
+    # B's workspace closes with B: then A's is the only one left.
+    only = wait_for(lambda: len(found := list(grid.paths.workspaces.glob("*/ws"))) == 1 and found, "A's workspace")
+    (only[0] / "go").touch()
+    assert grid.wait(running, timeout=60)["status"] == "completed"
+    deadline = time.monotonic() + 20
+    while (carrying(first) or carrying(second)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (carrying(first), carrying(second)) == ({}, {})
