@@ -21,6 +21,7 @@ LIMITS: dict[str, str] = {
     "bundle_bytes": "bundle bytes",
     "eval_budget": "seconds of evaluation budget per flow",
     "resources": "open resources (workspaces, containers)",
+    "memory": "MiB of memory per flow",
 }
 """Every limit a node may set, with the words a refusal uses for it."""
 

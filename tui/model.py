@@ -385,7 +385,7 @@ def flow_why(flow: dict[str, Any]) -> str | None:
 METERS = (("running", "running"), ("live", "live"), ("rate", "rate/min"), ("resources", "resources"))
 """The usages a node may limit, with their labels: each is drawn as a bar against its limit."""
 CAPS = (("journal_entries", "entries/flow"), ("journal_bytes", "journal/flow"), ("bundle_bytes", "bundle"),
-        ("eval_budget", "eval/flow"))
+        ("eval_budget", "eval/flow"), ("memory", "memory/flow"))
 """The per-flow caps a node may set: shown as values, since there is no subtree usage to bar them against."""
 
 
@@ -403,6 +403,8 @@ def cap_text(limit: str, value: Any) -> str:
         return human_bytes(float(value))
     if limit == "eval_budget":
         return f"{value:g}s"
+    if limit == "memory":
+        return f"{value:g} MiB"
     return f"{value:g}"
 
 

@@ -31,6 +31,13 @@ def _number(name: str, text: str | None, parse: Any = int) -> Any:
     return value
 
 
+def _mebibytes(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1 MiB, not {text}")
+    return value
+
+
 def _cell(usage: int, limit: Any) -> str:
     return f"{usage}/{limit:g}" if limit is not None else str(usage)
 
@@ -130,6 +137,7 @@ def set_limits(
     bundle_bytes: LimitOption = None,
     eval_budget: Annotated[str | None, typer.Option(help="Cap on a bundle's eval_budget, seconds, or 'none'.")] = None,
     resources: Annotated[str | None, typer.Option(help="Open resources (workspaces, containers) of the subtree, or 'none'.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Cap on a bundle's memory_mib: MiB a flow's evaluation may grow its worker by, or 'none'.")] = None,
     share: Annotated[int | None, typer.Option(min=1, help="Weight among its siblings in the claim order.")] = None,
     open_: Annotated[bool | None, typer.Option("--open/--closed", help="Whether children are created on first use.")] = None,
 ) -> None:
@@ -140,12 +148,14 @@ def set_limits(
       flowmetal quota set /acme/ci --running 10 --rate 30/m --live 200
 
       flowmetal quota set /acme/ci --running none
+
+      flowmetal quota set /acme/ci --memory 256 --eval-budget 5
     """
     settings: dict[str, Any] = {}
     for name, text, parse in (("running", running, int), ("rate", rate, qt.parse_rate), ("live", live, int),
                               ("journal_entries", journal_entries, int), ("journal_bytes", journal_bytes, int),
                               ("bundle_bytes", bundle_bytes, int), ("eval_budget", eval_budget, float),
-                              ("resources", resources, int)):
+                              ("resources", resources, int), ("memory", memory, _mebibytes)):
         value = _number(name, text, parse)
         if value is not ...:
             settings[name] = value

@@ -33,6 +33,7 @@ class QuotaSettings(BaseModel):
     bundle_bytes: int | None = Field(default=None, ge=1, le=10**12, description="Size of a bundle a start may use")
     eval_budget: float | None = Field(default=None, gt=0, le=86400, description="Cap on a bundle's [limits] eval_budget (s)")
     resources: int | None = Field(default=None, ge=0, le=10**9, description="Open resources (workspaces, containers)")
+    memory: int | None = Field(default=None, ge=1, le=10**7, description="Cap on a bundle's [limits] memory_mib (MiB per flow)")
     share: int | None = Field(default=None, ge=1, le=1000, description="Weight in the fair claim order among siblings")
     open: bool | None = Field(default=None, description="Whether children are created on first use")
 

@@ -8,7 +8,8 @@ this module reads and writes what they need. A limit on a node holds for its who
 - ``running`` is applied by the claim: a flow whose ancestry is at its limit stays ``pending``;
 - ``journal_entries`` and ``journal_bytes`` are stamped on each flow when it starts (its
   ``journal_cap``/``bytes_cap``) and refused by the journal append;
-- ``eval_budget`` caps what a bundle's ``[limits]`` may ask for (handed to the worker with the claim);
+- ``eval_budget`` and ``memory`` cap what a bundle's ``[limits]`` may ask for (``eval_budget``,
+  ``memory_mib``; handed to the worker with the claim, which applies them);
 - ``resources`` bounds the open resources of the subtree: an ``open`` that would pass it is answered
   with the refusal in its append's transaction (``open_refusal``), so two opens cannot both take
   the last one.
@@ -208,13 +209,17 @@ class Quotas:
         return {r["quota"]: r["n"] for r in await self.engine.all(RUNNING_NOW)}
 
     async def worker_caps(self, quotas: set[str]) -> dict[str, dict[str, Any]]:
-        """Per quota node, the caps a worker applies to a flow's evaluation (``eval_budget``)."""
+        """Per quota node, the caps a worker applies to a flow's evaluation (``eval_budget``, ``memory``),
+        each with the node that sets it (``eval_budget_node``, ``memory_node``)."""
         chains = {q: qt.ancestry(q) for q in quotas}
         nodes = await self.nodes(sorted({p for chain in chains.values() for p in chain}))
         caps: dict[str, dict[str, Any]] = {}
         for quota in quotas:
-            found = qt.tightest(nodes, quota, "eval_budget")
-            caps[quota] = {} if found is None else {"eval_budget": found[0], "eval_budget_node": found[1]}
+            caps[quota] = {}
+            for limit in ("eval_budget", "memory"):
+                found = qt.tightest(nodes, quota, limit)
+                if found is not None:
+                    caps[quota].update({limit: found[0], f"{limit}_node": found[1]})
         return caps
 
     # -- usage ----------------------------------------------------------------------------------

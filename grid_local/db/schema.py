@@ -290,4 +290,9 @@ MIGRATIONS: list[str] = [
                                                FROM journal WHERE journal.flow_id = flows.id), 0)
     WHERE bytes_cap IS NULL;
     """,
+    # 10: a cap on the memory (MiB) a flow's evaluation may grow its worker by (a bundle's [limits]
+    # memory_mib is held to the tightest of its ancestry, as eval_budget is)
+    """
+    ALTER TABLE quota_nodes ADD COLUMN memory INTEGER CHECK (memory > 0);
+    """,
 ]

@@ -303,4 +303,8 @@ MIGRATIONS: list[str] = [
                                                FROM journal WHERE journal.flow_id = flows.id), 0)
     WHERE bytes_cap IS NULL;
     """,
+    # 10: a cap on the memory (MiB) a flow's evaluation may grow its worker by
+    """
+    ALTER TABLE quota_nodes ADD COLUMN memory BIGINT CHECK (memory > 0);
+    """,
 ]

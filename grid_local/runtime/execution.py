@@ -31,12 +31,15 @@ from grid_local.errors import (
     SourceLocation,
     location_from_starlark,
 )
-from grid_local.runtime import dialect, habits, journal, sources
+from grid_local.runtime import dialect, footprint, habits, journal, sources
 from grid_local.runtime.journal import JournalEntry
 from grid_local.runtime.limits import Limits
 from grid_local.secret_refs import reference
 
 _current = threading.local()
+
+
+MIB = 1024 * 1024
 
 
 @dataclass
@@ -116,6 +119,7 @@ class FlowExecution:
         self._abort: BaseException | None = None
         self._cancel_reason: str | None = None
         self._cpu_since = 0.0
+        self._footprint = footprint.Footprint()
         self._child_tracebacks: dict[str, str] = {}
         self._frozen: dict[str, sl.FrozenModule] = {}
         self._loading: list[str] = []
@@ -136,6 +140,7 @@ class FlowExecution:
         # into them (a native object): kept past the run, the cycle would keep every finished
         # execution, its journal and its task, alive for the worker's whole life.
         self._options = sl.EvalOptions(check_cancelled=self._check_cancelled, max_callstack_size=self.limits.max_callstack)
+        self._footprint.start()
         try:
             return self._run()
         finally:
@@ -171,6 +176,7 @@ class FlowExecution:
                 f'load("{dialect.PRELUDE_MODULE}", fm_context__ = "fctx")\nfm_result__ = {function}(fm_context__())\n',
             )
             sl.eval_with(self._options, module, call, dialect.GLOBALS, self._file_loader(module_path))
+            self._checkpoint()
             try:
                 value = module["fm_result__"]
             except Exception as exc:  # a value starlark-pyo3 cannot convert
@@ -250,7 +256,27 @@ class FlowExecution:
                 f"without an action ({self.limits.hint('eval_budget', '--max-eval-budget')})"
             )
             return True
+        over = self._over_memory()
+        if over is not None:
+            self._abort = over
+            return True
         return False
+
+    def _checkpoint(self) -> None:
+        """After an evaluation ends, while what it made is still held: the memory cap holds there too
+        (the evaluator's last check may have come before its last steps)."""
+        over = self._over_memory()
+        if over is not None:
+            raise over
+
+    def _over_memory(self) -> LimitError | None:
+        grown = self._footprint.grown()
+        if grown <= self.limits.memory_mib * MIB:
+            return None
+        return LimitError(
+            f"memory limit exceeded: this flow's evaluation grew its worker's memory by {grown / MIB:.1f} MiB, "
+            f"more than its {self.limits.memory_mib} MiB ({self.limits.hint('memory_mib', '--worker-memory')})"
+        )
 
     # -- modules ----------------------------------------------------------------------------
 
@@ -263,6 +289,7 @@ class FlowExecution:
         self._loading.append(path)
         sl.eval_with(self._options, module, dialect.PREDECLARE_AST, dialect.GLOBALS, loader)
         sl.eval_with(self._options, module, ast, dialect.GLOBALS, loader)
+        self._checkpoint()
         self._loading.pop()
         return module
 
@@ -299,6 +326,9 @@ class FlowExecution:
 
     def on_action(self, kind: str, payload: str, stack: str) -> dict[str, Any]:
         try:
+            over = self._over_memory()  # stopped before the action, which then never happens
+            if over is not None:
+                raise over
             args = json.loads(payload)
             args_json = journal.check_size(journal.canonical_json(args), f"the request of {kind}()")
             digest = journal.request_hash(kind, args_json)

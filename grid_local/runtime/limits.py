@@ -12,7 +12,7 @@ from typing import Any
 from grid_local.bundle_format import PROJECT_FILE
 from grid_local.errors import BundleError
 
-LIMIT_NAMES = ("eval_budget", "max_callstack", "suspend_after")
+LIMIT_NAMES = ("eval_budget", "max_callstack", "suspend_after", "memory_mib")
 
 
 @dataclass
@@ -25,8 +25,13 @@ class Limits:
     """Deepest Starlark call stack allowed."""
     suspend_after: float = 10.0
     """Seconds to wait in memory for an action's result before suspending the flow."""
+    memory_mib: int = 2048
+    """MiB a flow's evaluation may grow its worker's memory by (``runtime/footprint.py``); unless a
+    bundle asks for less, the worker's own memory (``grid up --worker-memory``)."""
     capped: tuple[str, ...] = ()
     """The limits a bundle asked to raise above the grid's maxima (they were held at the maxima)."""
+    capped_by: tuple[tuple[str, str], ...] = ()
+    """The limits the flow's quota tree holds below what its bundle asked, each with the node that sets it."""
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], maxima: "Limits | None" = None) -> "Limits":
@@ -47,7 +52,8 @@ class Limits:
         capped = []
         for name in LIMIT_NAMES:
             maximum = getattr(maxima, name)
-            value = section.get(name, getattr(cls, name))
+            # Memory: a bundle that does not ask may use what its worker has, however much that is.
+            value = section.get(name, maximum if name == "memory_mib" else getattr(cls, name))
             value = _limit_value(name, value)
             if value > maximum:
                 value = maximum
@@ -56,7 +62,12 @@ class Limits:
         return cls(**values, capped=tuple(capped))
 
     def hint(self, name: str, flag: str) -> str:
-        """How the user can change limit ``name``: in flowmetal.toml, or (when capped) where the grid starts."""
+        """Where limit ``name`` comes from: the quota node that caps it, flowmetal.toml, or (when capped)
+        where the grid starts."""
+        node = dict(self.capped_by).get(name)
+        if node is not None:
+            words = {"eval_budget": "s of evaluation budget per flow", "memory_mib": " MiB of memory per flow"}
+            return f"the cap of quota {node}: {getattr(self, name):g}{words.get(name, ' ' + name)}"
         if name in self.capped:
             return f"[limits] {name}, capped at the grid's maximum: grid up {flag}"
         return f"[limits] {name}"
@@ -64,7 +75,7 @@ class Limits:
 
 def _limit_value(name: str, value: Any) -> Any:
     shown = f"{PROJECT_FILE}: [limits] {name}"
-    if name == "max_callstack":
+    if name in ("max_callstack", "memory_mib"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise BundleError(f"{shown} must be a whole number, got {value!r}")
         if value < 1:
@@ -77,7 +88,7 @@ def _limit_value(name: str, value: Any) -> Any:
     return float(value)
 
 
-GRID_MAXIMA = Limits(eval_budget=60.0, max_callstack=10000, suspend_after=300.0)
+GRID_MAXIMA = Limits(eval_budget=60.0, max_callstack=10000, suspend_after=300.0, memory_mib=2048)
 """The grid's own maxima unless it is started with others (grid up --max-eval-budget, --max-callstack,
---max-suspend-after). 10,000 frames fit the 8 MiB stack of a flow thread with room to spare (about
+--max-suspend-after, --worker-memory). 10,000 frames fit the 8 MiB stack of a flow thread with room to spare (about
 40,000 do not)."""

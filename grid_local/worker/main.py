@@ -46,12 +46,23 @@ HEARTBEAT_SECONDS = 2.0
 CRASH_ENV = "FLOWMETAL_TEST_CRASH_AFTER_APPENDS"
 
 
+QUOTA_CAPS = (("eval_budget", "eval_budget", float), ("memory", "memory_mib", int))
+"""The quota tree's caps on a bundle's [limits]: (the claim's key, the limit, its type)."""
+
+
 def capped(limits: Limits, caps: dict[str, Any]) -> Limits:
-    """A bundle's [limits] within its quota tree's caps (``eval_budget``, from the claim)."""
-    budget = caps.get("eval_budget")
-    if budget is None or budget >= limits.eval_budget:
+    """A bundle's [limits] within its quota tree's caps (``eval_budget``, ``memory``, from the claim);
+    a limit held lower remembers the node that holds it, for the error of a flow that reaches it."""
+    changes: dict[str, Any] = {}
+    by = []
+    for key, name, kind in QUOTA_CAPS:
+        cap = caps.get(key)
+        if cap is not None and cap < getattr(limits, name):
+            changes[name] = kind(cap)
+            by.append((name, str(caps.get(f"{key}_node") or "?")))
+    if not changes:
         return limits
-    return dataclasses.replace(limits, eval_budget=float(budget))
+    return dataclasses.replace(limits, **changes, capped_by=tuple(by))
 
 
 LOST = ("FlowCancelled", "LeaseLostError")  # outcomes the grid already knows: nothing to report

@@ -38,7 +38,7 @@ class WorkerSettings:
     def maxima(self) -> Limits:
         """The grid's maxima: a bundle's [limits] can lower these, never raise them."""
         return Limits(eval_budget=self.max_eval_budget, max_callstack=self.max_callstack,
-                      suspend_after=self.max_suspend_after)
+                      suspend_after=self.max_suspend_after, memory_mib=self.memory_mib)
 
     @property
     def stack_bytes(self) -> int:

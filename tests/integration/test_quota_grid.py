@@ -394,7 +394,59 @@ def test_an_eval_budget_cap_bounds_what_a_bundle_asks_for(grid: Grid, levels: li
         flow = grid.wait(grid.client.start_flow(digest, {"child": child}, quota=levels[-1])["id"], timeout=25)
         assert flow["status"] == "failed"
         assert "evaluation budget exceeded: more than 0.5 s" in flow["error"]["message"]
+        assert flow["error"]["message"].endswith(f"(the cap of quota {levels[level]}: 0.5s of evaluation budget per flow)")
         assert time.monotonic() - started < 20, "the bundle's own 30 s budget held, not the quota's cap"
+
+
+BIG = """
+def _big_impl(fctx):
+    x = [0] * fctx.args.n  # 8 bytes a value: 20,000,000 of them are 153 MiB
+    return len(x)
+
+big = flow(implementation = _big_impl)
+
+if __name__ == "__flow__":
+    if fctx().args.child:
+        big(n = fctx().args.n)
+    else:
+        _big_impl(fctx())
+"""
+
+
+def big_bundle(grid: Grid, memory_mib: int) -> str:
+    """BIG in a bundle whose flowmetal.toml asks for ``memory_mib`` per flow."""
+    (grid.project / "flowmetal.toml").write_text(f'[project]\nname = "it"\n\n[limits]\nmemory_mib = {memory_mib}\n')
+    try:
+        return upload(grid, "big.flow", BIG)
+    finally:
+        (grid.project / "flowmetal.toml").write_text('[project]\nname = "it"\n')
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_a_memory_cap_at_each_level_bounds_what_a_bundle_asks_for(grid: Grid, levels: list[str], level: int) -> None:
+    digest = big_bundle(grid, 1024)
+    for number, node in enumerate(levels):  # the tightest cap is on levels[level]; the others are looser
+        grid.client.quota_set(node, {"memory": 64 if number == level else 512 + number})
+    for child in (False, True):
+        failed = grid.wait(grid.client.start_flow(digest, {"child": child, "n": 20_000_000}, quota=levels[-1])["id"])
+        assert failed["status"] == "failed", failed
+        message = failed["error"]["message"]
+        assert "memory limit exceeded: this flow's evaluation grew its worker's memory by " in message
+        assert message.endswith(f"more than its 64 MiB (the cap of quota {levels[level]}: 64 MiB of memory per flow)"), message
+        small = grid.wait(grid.client.start_flow(digest, {"child": child, "n": 1000}, quota=levels[-1])["id"])
+        assert small["status"] == "completed", small
+    shown = grid.client.quota_show(levels[-1])
+    assert shown["effective"]["memory"] == {"value": 64, "node": levels[level]}
+
+
+def test_without_a_memory_cap_the_same_flow_completes_and_its_own_limit_holds(grid: Grid, levels: list[str]) -> None:
+    roomy = grid.wait(grid.client.start_flow(big_bundle(grid, 1024), {"child": False, "n": 20_000_000},
+                                             quota=levels[-1])["id"])
+    assert roomy["status"] == "completed", roomy
+    grid.client.quota_set(levels[0], {"memory": 512})  # looser than the bundle's own: its own holds
+    own = grid.wait(grid.client.start_flow(big_bundle(grid, 32), {"child": False, "n": 20_000_000},
+                                           quota=levels[-1])["id"])
+    assert own["status"] == "failed" and own["error"]["message"].endswith("more than its 32 MiB ([limits] memory_mib)")
 
 
 HOLDER = """
@@ -469,6 +521,10 @@ def test_the_quota_commands(grid: Grid, levels: list[str]) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"quota {levels[1]}: running 3, rate 120, live 50; share 1\n"
     assert grid.cli("quota", "set", levels[1], "--rate", "fast").returncode == 2
+    zero = grid.cli("quota", "set", levels[1], "--memory", "0")
+    assert zero.returncode == 2 and "--memory: must be at least 1 MiB, not 0" in zero.stderr
+    capped = grid.cli("quota", "set", levels[2], "--memory", "256")
+    assert capped.returncode == 0 and capped.stdout == f"quota {levels[2]}: memory 256; share 1\n", capped.stderr
     refused = grid.cli("quota", "set", HOME, "--running", "1")  # its own node: its parent admin's
     assert refused.returncode == 4 and "set by an admin of its parent" in refused.stderr
 

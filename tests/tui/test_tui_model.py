@@ -187,7 +187,7 @@ def test_tui_command_help_and_usage_errors(tmp_path: Any) -> None:
 QUOTA_TREE = [  # GET /v1/quota/tree at /local/me, as a grid answers it
     {"path": "/local/me", "limits": {"running": 4, "rate": 60}, "share": 1, "open": True,
      "usage": {"running": 3, "pending": 5, "waiting": 1, "live": 9, "rate": 60, "journal_bytes": 1536, "resources": 0}},
-    {"path": "/local/me/ci", "limits": {"running": 2, "live": 0, "journal_bytes": 4096, "eval_budget": 2.5},
+    {"path": "/local/me/ci", "limits": {"running": 2, "live": 0, "journal_bytes": 4096, "eval_budget": 2.5, "memory": 256},
      "share": 3, "open": True,
      "usage": {"running": 2, "pending": 5, "waiting": 0, "live": 7, "rate": 7, "journal_bytes": 1024, "resources": 0}},
     {"path": "/local/me/ci/nightly", "limits": {}, "share": 1, "open": True, "implied": True,
@@ -203,7 +203,7 @@ def test_quota_rows_meters_and_bars() -> None:
     assert (top.pending, top.waiting, top.journal_bytes) == (5, 1, 1536)
     live = next(m for m in ci.meters if m.name == "live")
     assert (live.fraction, live.full) == (1.0, True)  # a limit of 0 with flows live is full
-    assert ci.caps == [("journal/flow", "4.0 KiB"), ("eval/flow", "2.5s")] and ci.share == 3
+    assert ci.caps == [("journal/flow", "4.0 KiB"), ("eval/flow", "2.5s"), ("memory/flow", "256 MiB")] and ci.share == 3
     assert nightly.limited == [] and nightly.implied
     assert model.quota_rows([]) == []
 
@@ -241,7 +241,7 @@ def test_the_quotas_tab_text() -> None:
         "    running   ████████████ 2/2",
         "    live      ████████████ 7/0",
         "    rate/min 7 · pending 5 · journals 1.0 KiB",
-        "    caps journal/flow 4.0 KiB · eval/flow 2.5s",
+        "    caps journal/flow 4.0 KiB · eval/flow 2.5s · memory/flow 256 MiB",
     ]
     blocked = render_blocked([{**flow("abcdef123", status="pending", name="held"), "why": "waiting for a worker slot"}])
     assert blocked.plain.splitlines() == ["Pending and waiting (1)", "  ○ held #abcdef waiting for a worker slot"]

@@ -35,7 +35,10 @@ def test_a_bundle_lowers_limits_but_cannot_raise_them_above_the_grids_maxima() -
     ({"max_callstack": 2.5}, "flowmetal.toml: [limits] max_callstack must be a whole number, got 2.5"),
     ({"max_callstack": 0}, "flowmetal.toml: [limits] max_callstack must be at least 1, got 0"),
     ({"eval_budgett": 1}, "flowmetal.toml: [limits] has no setting 'eval_budgett' "
-                          "(known: eval_budget, max_callstack, suspend_after)"),
+                          "(known: eval_budget, max_callstack, suspend_after, memory_mib)"),
+    ({"memory_mib": 2.5}, "flowmetal.toml: [limits] memory_mib must be a whole number, got 2.5"),
+    ({"memory_mib": 0}, "flowmetal.toml: [limits] memory_mib must be at least 1, got 0"),
+    ({"memory_mib": "1G"}, "flowmetal.toml: [limits] memory_mib must be a whole number, got '1G'"),
 ])
 def test_a_bad_limit_is_refused_naming_the_setting_and_the_value(section: dict[str, object], message: str) -> None:
     with pytest.raises(BundleError) as refused:
@@ -63,7 +66,7 @@ def test_worker_settings_round_trip_through_the_command_line() -> None:
     WorkerSettings.add_arguments(parser)
 
     assert WorkerSettings.from_options(parser.parse_args(settings.argv())) == settings
-    assert settings.maxima == Limits(eval_budget=2.5, max_callstack=500, suspend_after=40)
+    assert settings.maxima == Limits(eval_budget=2.5, max_callstack=500, suspend_after=40, memory_mib=300)
     assert WorkerSettings(max_callstack=100000).stack_bytes >= 100000 * 400
 
 
@@ -114,3 +117,86 @@ def test_only_deaths_a_flow_can_cause_count_against_it() -> None:
     assert flow_could_cause(-signal.SIGKILL, "memory allocation of 2000000000 bytes failed")
     assert not flow_could_cause(-signal.SIGKILL)  # a person, failure injection, a test, the OOM killer
     assert not flow_could_cause(-signal.SIGTERM) and not flow_could_cause(0) and not flow_could_cause(3)
+
+
+def test_memory_per_flow_defaults_to_the_workers_and_a_bundle_may_only_lower_it() -> None:
+    maxima = Limits(memory_mib=512)
+    assert Limits.from_settings({}, maxima).memory_mib == 512
+    assert Limits.from_settings({}, maxima).capped == ()  # not asking is not asking for more
+    lowered = Limits.from_settings({"limits": {"memory_mib": 64}}, maxima)
+    raised = Limits.from_settings({"limits": {"memory_mib": 4096}}, maxima)
+    assert (lowered.memory_mib, raised.memory_mib, raised.capped) == (64, 512, ("memory_mib",))
+    assert raised.hint("memory_mib", "--worker-memory") == (
+        "[limits] memory_mib, capped at the grid's maximum: grid up --worker-memory")
+
+
+def test_the_quota_trees_caps_lower_a_bundles_limits_and_name_their_node() -> None:
+    from grid_local.worker.main import capped
+
+    asked = Limits(eval_budget=30.0, memory_mib=1024)
+    held = capped(asked, {"eval_budget": 0.5, "eval_budget_node": "/acme", "memory": 64, "memory_node": "/acme/ci"})
+    assert (held.eval_budget, held.memory_mib) == (0.5, 64)
+    assert held.hint("memory_mib", "--worker-memory") == "the cap of quota /acme/ci: 64 MiB of memory per flow"
+    assert held.hint("eval_budget", "--max-eval-budget") == "the cap of quota /acme: 0.5s of evaluation budget per flow"
+    assert capped(asked, {"memory": 2048, "memory_node": "/"}) is asked  # looser than the bundle asks: its own holds
+    assert capped(asked, {}) is asked
+
+
+BIG = """
+def fill():
+    kept = []
+    for i in range(3):
+        kept.append([i] * fctx().args.n)
+    return kept
+
+if __name__ == "__flow__":
+    kept = fill()
+    print("after the allocation")
+"""
+
+
+def test_a_flow_that_grows_its_workers_memory_past_its_cap_fails_before_its_next_action(flow_project) -> None:  # type: ignore[no-untyped-def]
+    flow_project.write("main.flow", BIG)
+
+    grid, flow_id, outcome = flow_project.run(args={"n": 10_000_000}, limits=Limits(memory_mib=64))
+
+    assert isinstance(outcome, Failed) and outcome.kind == "LimitError"
+    assert outcome.message.startswith("memory limit exceeded: this flow's evaluation grew its worker's memory by ")
+    assert outcome.message.endswith("more than its 64 MiB ([limits] memory_mib)")
+    assert grid.output(flow_id) == []  # stopped before the print, which never happened
+    small_grid, small_id, small = flow_project.run(args={"n": 1000}, limits=Limits(memory_mib=64))
+    assert not isinstance(small, Failed) and small_grid.output(small_id) == ["after the allocation"]
+    roomy_grid, roomy_id, roomy = flow_project.run(args={"n": 10_000_000}, limits=Limits(memory_mib=1024))
+    assert not isinstance(roomy, Failed), roomy
+    assert roomy_grid.output(roomy_id) == ["after the allocation"]
+
+
+def test_a_flow_is_charged_its_own_growth_not_that_of_a_flow_evaluating_beside_it(flow_project) -> None:  # type: ignore[no-untyped-def]
+    """Two flows evaluate at once in two threads of one process: a big one without a tight cap and a
+    small one capped at 32 MiB that runs as long. The small one is charged nothing of the big one's."""
+    flow_project.write("main.flow", BIG)
+    flow_project.write("spin.flow", """
+        def spin():
+            n = 0
+            for i in range(fctx().args.n):
+                n += i % 7  # small ints: nothing allocated
+            return n
+
+        if __name__ == "__flow__":
+            print(spin())
+    """)
+    outcomes: dict[str, object] = {}
+    begun = threading.Barrier(2)
+
+    def evaluate(name: str, module: str, args: dict[str, int], limits: Limits) -> None:
+        begun.wait()
+        outcomes[name] = flow_project.run(module, args=args, limits=limits)[2]
+
+    threads = [threading.Thread(target=evaluate, args=("small", "spin.flow", {"n": 3_000_000}, Limits(memory_mib=32))),
+               threading.Thread(target=evaluate, args=("big", "main.flow", {"n": 10_000_000}, Limits(memory_mib=2048)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not isinstance(outcomes["big"], Failed), outcomes["big"]
+    assert not isinstance(outcomes["small"], Failed), outcomes["small"]
