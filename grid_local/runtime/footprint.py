@@ -9,12 +9,18 @@ do, on Linux:
   every page of memory the thread touched for the first time, whichever flow's thread it is; this
   never counts another flow's pages, but counts a page again when it was freed to the kernel and
   touched anew (a list that grows by copies);
-- the worker's resident size now against when the evaluation began (``/proc/self/statm``): what
-  the process really grew by, which never counts a page twice, but counts other flows' growth too.
+- the worker's peak resident size (``getrusage`` ``ru_maxrss``, or the resident size now if higher)
+  against its resident size when the evaluation began (``/proc/self/statm``): how high the process
+  went above where it was, which never counts a page twice and never comes down when another flow
+  frees memory (the resident size now would: another flow ending while this one grows would hide
+  its growth), but includes other flows' growth and an earlier peak of the worker.
 
 A flow is charged the smaller of the two: never more than its own thread touched, never more than
-the worker grew by. Memory the allocator kept from earlier flows and hands out again without the
-kernel shows in neither (it is not growth of the worker), and an allocation is seen at the next
+the worker rose above where it was. What can still be wrong: a flow that frees memory to the kernel
+and touches it again (large action results, one after another) is charged each time, up to how far
+its worker ever rose (it can be charged more than it holds when that worker peaked higher before);
+memory the allocator kept from earlier flows and hands out again without the kernel shows in
+neither (it is not growth of the worker); and an allocation is seen at the next
 check after it (the evaluator's cancellation check, every few hundred steps, an action, or the end
 of a module), so one statement can go past a cap before the flow is stopped: the worker's own cap
 (an RLIMIT_AS, ``grid up --worker-memory``) stays the bound no flow passes.
@@ -47,6 +53,11 @@ def resident() -> int:
     return int(os.pread(_STATM, 64, 0).split()[1]) * PAGE
 
 
+def peak_resident() -> int:
+    """The worker's highest resident memory so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def thread_faults() -> int:
     """Page faults of the calling thread so far (minor and major)."""
     assert _THREAD is not None
@@ -68,8 +79,9 @@ class Footprint:
             self._faults, self._resident = thread_faults(), resident()
 
     def grown(self) -> int:
-        """Bytes charged so far: the smaller of the pages its thread touched and the worker's growth."""
+        """Bytes charged so far: the smaller of the pages its thread touched and how far the worker rose."""
         if self._faults is None:
             return 0
         touched = (thread_faults() - self._faults) * PAGE
-        return max(0, min(touched, resident() - self._resident))
+        rose = max(peak_resident(), resident()) - self._resident
+        return max(0, min(touched, rose))
