@@ -42,7 +42,7 @@ SCRIPTS = {
     "short.flow": "fctx().actions.sleep(0.2)\n",
 }
 GENEROUS = {"running": 10_000, "rate": 1_000_000, "live": 100_000, "journal_entries": 100_000,
-            "journal_bytes": 10**9, "bundle_bytes": 10**8, "eval_budget": 60.0}
+            "journal_bytes": 10**9, "bundle_bytes": 10**8, "eval_budget": 60.0, "memory": 1024}
 
 
 def emit(record: dict[str, Any]) -> None:
