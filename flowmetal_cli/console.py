@@ -76,3 +76,12 @@ class edge:
             if snippet:
                 typer.echo(snippet, err=True)
             raise typer.Exit(exit_code_of(exc))
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KiB``: sizes in a column or a line."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" or n >= 10 else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.0f} GiB"

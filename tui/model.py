@@ -16,6 +16,8 @@ from typing import Any
 
 from rich.text import Text
 
+from flowmetal_cli.console import human_bytes
+
 STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
 
@@ -387,15 +389,6 @@ METERS = (("running", "running"), ("live", "live"), ("rate", "rate/min"), ("reso
 CAPS = (("journal_entries", "entries/flow"), ("journal_bytes", "journal/flow"), ("bundle_bytes", "bundle"),
         ("eval_budget", "eval/flow"), ("memory", "memory/flow"))
 """The per-flow caps a node may set: shown as values, since there is no subtree usage to bar them against."""
-
-
-def human_bytes(n: float) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" or n >= 10 else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.0f} GiB"
 
 
 def cap_text(limit: str, value: Any) -> str:

@@ -49,15 +49,6 @@ def _bar(usage: int, limit: Any, width: int = 10) -> str:
     return "#" * filled + "." * (width - filled)
 
 
-def human_bytes(n: float) -> str:
-    """``1536`` -> ``1.5 KiB``: journal sizes in a column."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" or n >= 10 else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.0f} GiB"
-
-
 def _print_tree(nodes: list[dict[str, Any]]) -> None:
     typer.echo(f"{'NODE':<32}{'RUNNING':>10} {'':<10}{'PENDING':>9}{'WAITING':>9}{'LIVE':>10}{'RATE/M':>10}"
                f"{'RESOURCES':>11}{'JOURNALS':>10}  SHARE")
@@ -69,7 +60,7 @@ def _print_tree(nodes: list[dict[str, Any]]) -> None:
         typer.echo(f"{name[:31]:<32}{_cell(use['running'], lim.get('running')):>10} "
                    f"{_bar(use['running'], lim.get('running'))}{use['pending']:>9}{use['waiting']:>9}"
                    f"{_cell(use['live'], lim.get('live')):>10}{_cell(use['rate'], lim.get('rate')):>10}"
-                   f"{_cell(use['resources'], lim.get('resources')):>11}{human_bytes(use['journal_bytes']):>10}  {node['share']}")
+                   f"{_cell(use['resources'], lim.get('resources')):>11}{console.human_bytes(use['journal_bytes']):>10}  {node['share']}")
 
 
 def tree(
@@ -118,7 +109,7 @@ def show(
     use = found["usage"]
     typer.echo(f"usage: {use['running']} running, {use['pending']} pending, {use['waiting']} waiting, "
                f"{use['rate']} started in the last minute, {use['resources']} open resources, "
-               f"journals {human_bytes(use['journal_bytes'])}")
+               f"journals {console.human_bytes(use['journal_bytes'])}")
     if not found["effective"]:
         typer.echo("limits: none")
     for name, limit in found["effective"].items():

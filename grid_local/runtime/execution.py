@@ -125,6 +125,11 @@ class FlowExecution:
         self._loading: list[str] = []
         self._options: sl.EvalOptions | None = None
 
+    def _running_options(self) -> sl.EvalOptions:
+        if self._options is None:
+            raise RuntimeError("a FlowExecution evaluates only inside run()")
+        return self._options
+
     # -- control from other threads ---------------------------------------------------------
 
     def cancel(self, reason: str = "cancelled") -> None:
@@ -175,7 +180,7 @@ class FlowExecution:
                 "<flow entry>",
                 f'load("{dialect.PRELUDE_MODULE}", fm_context__ = "fctx")\nfm_result__ = {function}(fm_context__())\n',
             )
-            sl.eval_with(self._options, module, call, dialect.GLOBALS, self._file_loader(module_path))
+            sl.eval_with(self._running_options(), module, call, dialect.GLOBALS, self._file_loader(module_path))
             self._checkpoint()
             try:
                 value = module["fm_result__"]
@@ -287,8 +292,8 @@ class FlowExecution:
         module["__name__"] = name
         loader = self._file_loader(path)
         self._loading.append(path)
-        sl.eval_with(self._options, module, dialect.PREDECLARE_AST, dialect.GLOBALS, loader)
-        sl.eval_with(self._options, module, ast, dialect.GLOBALS, loader)
+        sl.eval_with(self._running_options(), module, dialect.PREDECLARE_AST, dialect.GLOBALS, loader)
+        sl.eval_with(self._running_options(), module, ast, dialect.GLOBALS, loader)
         self._checkpoint()
         self._loading.pop()
         return module

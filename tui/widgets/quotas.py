@@ -8,7 +8,8 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from tui.model import FlowIndex, QuotaRow, blocked_flows, clip, flow_why, human_bytes, short_id, status_text, usage_bar
+from flowmetal_cli.console import human_bytes
+from tui.model import FlowIndex, QuotaRow, blocked_flows, clip, flow_why, short_id, status_text, usage_bar
 
 BAR = 12
 
