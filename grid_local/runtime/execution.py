@@ -215,6 +215,8 @@ class FlowExecution:
         cause = self._abort
         if isinstance(cause, _Suspend):
             return Suspended(cause.seq)
+        if isinstance(cause, MemoryError):
+            return _crashed(cause)
         if isinstance(cause, _FlowFailure):
             message = str(cause)
             child = self._child_tracebacks.get(message, "")
@@ -274,10 +276,13 @@ class FlowExecution:
         if over is not None:
             raise over
 
-    def _over_memory(self) -> LimitError | None:
+    def _over_memory(self) -> LimitError | MemoryError | None:
         grown = self._footprint.grown()
         if grown <= self.limits.memory_mib * MIB:
             return None
+        if "memory_mib" not in self.limits.asked and "memory_mib" not in dict(self.limits.capped_by):
+            # No limit of its own: the flow outgrew what its worker may use (the worker says how much).
+            return MemoryError("this flow needed more memory than its worker may use")
         return LimitError(
             f"memory limit exceeded: this flow's evaluation grew its worker's memory by {grown / MIB:.1f} MiB, "
             f"more than its {self.limits.memory_mib} MiB ({self.limits.hint('memory_mib', '--worker-memory')})"

@@ -6,7 +6,7 @@ reading a project) do not load the Starlark interpreter with them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from grid_local.bundle_format import PROJECT_FILE
@@ -32,6 +32,9 @@ class Limits:
     """The limits a bundle asked to raise above the grid's maxima (they were held at the maxima)."""
     capped_by: tuple[tuple[str, str], ...] = ()
     """The limits the flow's quota tree holds below what its bundle asked, each with the node that sets it."""
+    asked: tuple[str, ...] = field(default=(), compare=False)
+    """The limits the bundle's [limits] sets (the others are defaults, or the worker's own memory):
+    provenance for an error's words, not part of what the limits are."""
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], maxima: "Limits | None" = None) -> "Limits":
@@ -59,7 +62,7 @@ class Limits:
                 value = maximum
                 capped.append(name)
             values[name] = value
-        return cls(**values, capped=tuple(capped))
+        return cls(**values, capped=tuple(capped), asked=tuple(name for name in LIMIT_NAMES if name in section))
 
     def hint(self, name: str, flag: str) -> str:
         """Where limit ``name`` comes from: the quota node that caps it, flowmetal.toml, or (when capped)

@@ -158,13 +158,13 @@ if __name__ == "__flow__":
 def test_a_flow_that_grows_its_workers_memory_past_its_cap_fails_before_its_next_action(flow_project) -> None:  # type: ignore[no-untyped-def]
     flow_project.write("main.flow", BIG)
 
-    grid, flow_id, outcome = flow_project.run(args={"n": 10_000_000}, limits=Limits(memory_mib=64))
+    grid, flow_id, outcome = flow_project.run(args={"n": 10_000_000}, limits=Limits.from_settings({"limits": {"memory_mib": 64}}))
 
     assert isinstance(outcome, Failed) and outcome.kind == "LimitError"
     assert outcome.message.startswith("memory limit exceeded: this flow's evaluation grew its worker's memory by ")
     assert outcome.message.endswith("more than its 64 MiB ([limits] memory_mib)")
     assert grid.output(flow_id) == []  # stopped before the print, which never happened
-    small_grid, small_id, small = flow_project.run(args={"n": 1000}, limits=Limits(memory_mib=64))
+    small_grid, small_id, small = flow_project.run(args={"n": 1000}, limits=Limits.from_settings({"limits": {"memory_mib": 64}}))
     assert not isinstance(small, Failed) and small_grid.output(small_id) == ["after the allocation"]
     roomy_grid, roomy_id, roomy = flow_project.run(args={"n": 10_000_000}, limits=Limits(memory_mib=1024))
     assert not isinstance(roomy, Failed), roomy
