@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from grid_local import quota_tree as qt
-from grid_local.api.roles import Identity, refuse, require_writer
+from grid_local.api.roles import Identity, node_path, refuse, require_writer
 
 if TYPE_CHECKING:
     from grid_local.api.client_api import ClientApi
@@ -42,13 +42,6 @@ class CancelSubtree(BaseModel):
     node: str = Field(min_length=1, max_length=1100, pattern=qt.NODE_PATTERN, description="The subtree's node")
 
 
-def _node(path: str) -> str:
-    try:
-        return qt.normalize(path)
-    except qt.QuotaPathError as exc:
-        raise HTTPException(422, str(exc)) from None
-
-
 def _visible_node(node: str, who: Identity) -> None:
     if not qt.under(node, who.quota):
         raise refuse(f"quota node {node} is outside your quota node {who.quota}")
@@ -62,14 +55,14 @@ def quotas_router(api: "ClientApi") -> APIRouter:
     @router.get("/v1/quota/tree", summary="The quota tree at a node: limits and usage rolled up",
                 responses=answers(403))
     async def tree(node: str | None = Query(default=None, max_length=1100, pattern=qt.NODE_PATTERN), who: Identity = ident) -> dict[str, Any]:
-        root = who.quota if node is None else _node(node)
+        root = who.quota if node is None else node_path(node)
         _visible_node(root, who)
         return {"node": root, "nodes": await api.db.quotas.tree(root)}
 
     @router.get("/v1/quota/nodes/{path:path}", summary="One quota node: its limits and usage",
                 responses=answers(403, 404))
     async def show(path: str = NODE_PATH, who: Identity = ident) -> dict[str, Any]:
-        node = _node(path)
+        node = node_path(path)
         _visible_node(node, who)
         found = await api.db.quotas.tree(node)
         if not found or found[0]["path"] != node:
@@ -85,7 +78,7 @@ def quotas_router(api: "ClientApi") -> APIRouter:
     @router.put("/v1/quota/nodes/{path:path}", summary="Create a quota node or change its limits (admins, below their node)",
                 responses=answers(400, 403, 413, 507))
     async def set_node(body: QuotaSettings, path: str = NODE_PATH, who: Identity = ident) -> dict[str, Any]:
-        node = _node(path)
+        node = node_path(path)
         require_writer(who, "set quota limits")
         if not qt.may_set_limits(who.role, who.quota, node):
             if node == who.quota and who.role == "admin":
@@ -98,7 +91,7 @@ def quotas_router(api: "ClientApi") -> APIRouter:
     @router.post("/v1/quota/cancel", summary="Cancel every live flow in a subtree (an admin's; a member's own)",
                  responses=answers(400, 403, 413, 507))
     async def cancel_subtree(body: CancelSubtree, who: Identity = ident) -> dict[str, Any]:
-        node = _node(body.node)
+        node = node_path(body.node)
         _visible_node(node, who)
         require_writer(who, "cancel flows")
         only = None if who.role == "admin" else who.user

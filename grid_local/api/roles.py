@@ -67,15 +67,20 @@ def require_steer(flow: FlowRecord, who: Identity, what: str) -> None:
                      f"(only an admin of its quota node or above)")
 
 
+def node_path(path: str) -> str:
+    """A quota node path from a request, normalized; one that is not a node path answers 422."""
+    try:
+        return qt.normalize(path)
+    except qt.QuotaPathError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
 def start_node(who: Identity, requested: str | None) -> str:
     """The node a start lands in: the caller's, or (for an admin) one below it."""
     require_writer(who, "start flows")
     if requested is None:
         return who.quota
-    try:
-        node = qt.normalize(requested)
-    except qt.QuotaPathError as exc:
-        raise HTTPException(422, str(exc)) from None
+    node = node_path(requested)
     if not qt.may_start_in(who.role, who.quota, node):
         raise refuse(f"{who.user} ({who.role} of {who.quota}) may not start flows in {node}")
     return node

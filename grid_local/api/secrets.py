@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, Field
 
 from grid_local import quota_tree as qt
-from grid_local.api.roles import refuse, require_writer
+from grid_local.api.roles import node_path, refuse, require_writer
 from grid_local.db.secrets import NAME_PATTERN
 from grid_local.errors import NotFoundError
 from grid_local.quota_tree import NODE_PATTERN
@@ -42,10 +42,7 @@ def secrets_router(api: "ClientApi") -> APIRouter:
         require_writer(who, what)
         if quota is None:
             return who.quota
-        try:
-            node = qt.normalize(quota)
-        except qt.QuotaPathError as exc:
-            raise HTTPException(422, str(exc)) from None
+        node = node_path(quota)
         if not qt.under(node, who.quota):
             if unknown:
                 raise NotFoundError(f"{unknown} at {node}")
