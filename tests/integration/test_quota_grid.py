@@ -189,6 +189,7 @@ def test_hard_limits_at_each_level_refuse_a_start_and_write_nothing(grid: Grid, 
 
 CHILDREN_OVER_LIVE = """
 def _child_impl(fctx):
+    fctx.actions.receive()  # live until its parent's second run was answered (it may run at once)
     return 1
 
 child = flow(implementation = _child_impl)
@@ -198,6 +199,7 @@ if __name__ == "__flow__":
     first = a.run(child)
     second = a.run(child, check = False)
     print(second.error)
+    a.send(first["flow_id"], "go")
     a.wait([first])
 """
 
